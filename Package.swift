@@ -1,0 +1,38 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+let package = Package(
+    name: "crsnap",
+    platforms: [.macOS(.v13)],
+    products: [
+        .executable(name: "crsnap", targets: ["crsnap"]),
+        .library(name: "CrsnapCore", targets: ["CrsnapCore"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/apple/swift-protobuf", from: "1.39.0"),
+    ],
+    targets: [
+        // C: libmount, libbtrfsutil, and the few things Swift must not do after fork
+        // (namespace setup, setns, exec) or cannot call (variadic prctl, ioctl, cmsg).
+        .target(
+            name: "CLibmount",
+            linkerSettings: [.linkedLibrary("mount"), .linkedLibrary("btrfsutil")]
+        ),
+        .target(name: "FSSnapshot", dependencies: ["CLibmount"]),
+        .target(
+            name: "ProcessCR",
+            dependencies: ["CLibmount", "FSSnapshot", .product(name: "SwiftProtobuf", package: "swift-protobuf")],
+            exclude: ["Proto"]
+        ),
+        .target(name: "CrsnapCore", dependencies: ["FSSnapshot", "ProcessCR"]),
+        .executableTarget(
+            name: "crsnap",
+            dependencies: ["CrsnapCore", .product(name: "ArgumentParser", package: "swift-argument-parser")]
+        ),
+        .testTarget(name: "CrsnapCoreTests", dependencies: ["CrsnapCore"]),
+        .testTarget(name: "ProcessCRTests", dependencies: ["ProcessCR"]),
+        .testTarget(name: "IntegrationTests", dependencies: ["CrsnapCore", "crsnap"]),
+    ],
+    swiftLanguageModes: [.v5]
+)

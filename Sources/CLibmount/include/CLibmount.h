@@ -1,0 +1,68 @@
+// The C side of crsnap: libmount and libbtrfsutil as they are, plus small shims
+// for what Swift cannot do safely itself. A Swift process is multithreaded, so
+// everything that runs between fork/clone and execve lives here and calls only
+// async-signal-safe functions.
+#ifndef CRSNAP_CLIBMOUNT_H
+#define CRSNAP_CLIBMOUNT_H
+
+#include <libmount/libmount.h>
+#include <btrfsutil.h>
+#include <sys/types.h>
+#include <stdint.h>
+#include <sys/xattr.h>
+#include <sys/file.h>
+#include <sys/vfs.h>
+
+/// What the container's first process gets. All strings are host paths unless
+/// said otherwise; the arrays are NULL-terminated.
+struct crsnap_container_spec {
+    const char *root;              // mount point of the container's root, on the host
+    const char *hostname;          // set in the new uts namespace
+    const char *const *argv;       // argv[0] is looked up in PATH of envp
+    const char *const *envp;
+    const char *workdir;           // inside the container; "/" when NULL
+    int log_fd;                    // becomes fd 1 and 2
+    int cgroup_procs_fd;           // the container joins this cgroup ("0" is written), -1: none
+};
+
+/// Where a container launch failed, reported through a close-on-exec pipe.
+enum crsnap_launch_stage {
+    CRSNAP_STAGE_CGROUP = 1,
+    CRSNAP_STAGE_MOUNT_PRIVATE,
+    CRSNAP_STAGE_BIND_ROOT,
+    CRSNAP_STAGE_PIVOT_ROOT,
+    CRSNAP_STAGE_DETACH_OLD_ROOT,
+    CRSNAP_STAGE_MOUNT_PROC,
+    CRSNAP_STAGE_HOSTNAME,
+    CRSNAP_STAGE_SETSID,
+    CRSNAP_STAGE_STDIO,
+    CRSNAP_STAGE_CHDIR,
+    CRSNAP_STAGE_EXEC,
+    CRSNAP_STAGE_CLONE,
+    CRSNAP_STAGE_SETNS,
+    CRSNAP_STAGE_FORK,
+};
+
+/// Starts the container's init in new mount, pid, uts and ipc namespaces:
+/// private mounts, pivot_root into spec->root, old root detached, /proc mounted,
+/// a new session, stdin from the container's /dev/null, stdout and stderr to
+/// log_fd, every other fd closed, then execve.
+/// Returns the host pid, or -1 with *stage and *err set (the child is reaped).
+pid_t crsnap_launch_container(const struct crsnap_container_spec *spec, int *stage, int *err);
+
+/// Runs argv inside the namespaces (ipc, uts, pid, mnt) of `target` with the
+/// caller's stdio. Returns the pid of a helper whose exit status is the
+/// command's (127 with a message on stderr if it could not be started).
+pid_t crsnap_exec_in(pid_t target, const char *const argv[], const char *const envp[]);
+
+/// fork + execve with fd i of the child set to fdmap[i] (-1: closed) for i < nfds,
+/// all other fds closed, optionally in a new session. Returns the pid or -1 (errno).
+pid_t crsnap_spawn(const char *path, const char *const argv[], const char *const envp[],
+                   const int *fdmap, int nfds, int new_session);
+
+int crsnap_pipe2(int fds[2], int flags);
+int crsnap_set_child_subreaper(void);
+int crsnap_syncfs(int fd);
+int crsnap_close_range_from(int first);
+
+#endif

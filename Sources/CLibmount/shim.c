@@ -1,0 +1,278 @@
+#define _GNU_SOURCE
+#include "CLibmount.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <sys/mman.h>
+#include <sys/mount.h>
+#include <sys/prctl.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <linux/close_range.h>
+
+extern char **environ;
+
+// Everything below that runs in a child uses async-signal-safe calls only.
+
+static void write_all(int fd, const void *buf, size_t len) {
+    const char *p = buf;
+    while (len > 0) {
+        ssize_t n = write(fd, p, len);
+        if (n < 0) {
+            if (errno == EINTR) continue;
+            return;
+        }
+        p += n;
+        len -= (size_t)n;
+    }
+}
+
+static void fail_child(int errfd, int stage) {
+    int report[2] = {stage, errno};
+    write_all(errfd, report, sizeof report);
+    _exit(127);
+}
+
+/// Marks every fd from `first` on close-on-exec (they vanish at execve, yet an
+/// error pipe among them stays usable until then).
+static int cloexec_from(unsigned int first) {
+    return (int)syscall(SYS_close_range, first, ~0U, CLOSE_RANGE_CLOEXEC);
+}
+
+struct launch_arg {
+    const struct crsnap_container_spec *spec;
+    int errfd;
+};
+
+static int container_main(void *p) {
+    const struct launch_arg *a = p;
+    const struct crsnap_container_spec *s = a->spec;
+    int errfd = a->errfd;
+
+    if (s->cgroup_procs_fd >= 0 && write(s->cgroup_procs_fd, "0", 1) != 1)
+        fail_child(errfd, CRSNAP_STAGE_CGROUP);
+    if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) != 0)
+        fail_child(errfd, CRSNAP_STAGE_MOUNT_PRIVATE);
+    if (mount(s->root, s->root, NULL, MS_BIND, NULL) != 0)
+        fail_child(errfd, CRSNAP_STAGE_BIND_ROOT);
+    if (chdir(s->root) != 0)
+        fail_child(errfd, CRSNAP_STAGE_PIVOT_ROOT);
+    // pivot_root(".", ".") stacks the old root on top of the new one;
+    // detaching "." then leaves only the new root.
+    if (syscall(SYS_pivot_root, ".", ".") != 0)
+        fail_child(errfd, CRSNAP_STAGE_PIVOT_ROOT);
+    if (umount2(".", MNT_DETACH) != 0)
+        fail_child(errfd, CRSNAP_STAGE_DETACH_OLD_ROOT);
+    if (chdir("/") != 0)
+        fail_child(errfd, CRSNAP_STAGE_DETACH_OLD_ROOT);
+    (void)mkdir("/proc", 0555);
+    if (mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) != 0)
+        fail_child(errfd, CRSNAP_STAGE_MOUNT_PROC);
+    if (s->hostname && sethostname(s->hostname, strlen(s->hostname)) != 0)
+        fail_child(errfd, CRSNAP_STAGE_HOSTNAME);
+    if (setsid() < 0)
+        fail_child(errfd, CRSNAP_STAGE_SETSID);
+    int null_fd = open("/dev/null", O_RDWR);
+    if (null_fd < 0)
+        fail_child(errfd, CRSNAP_STAGE_STDIO);
+    if (dup2(null_fd, 0) < 0 || dup2(s->log_fd, 1) < 0 || dup2(s->log_fd, 2) < 0)
+        fail_child(errfd, CRSNAP_STAGE_STDIO);
+    if (cloexec_from(3) != 0)
+        fail_child(errfd, CRSNAP_STAGE_STDIO);
+    if (chdir(s->workdir ? s->workdir : "/") != 0)
+        fail_child(errfd, CRSNAP_STAGE_CHDIR);
+    environ = (char **)s->envp;
+    execvp(s->argv[0], (char *const *)s->argv);
+    fail_child(errfd, CRSNAP_STAGE_EXEC);
+    return 127;
+}
+
+pid_t crsnap_launch_container(const struct crsnap_container_spec *spec, int *stage, int *err) {
+    int pipefd[2];
+    if (pipe2(pipefd, O_CLOEXEC) != 0) {
+        *stage = CRSNAP_STAGE_CLONE;
+        *err = errno;
+        return -1;
+    }
+    const size_t stack_size = 512 * 1024;
+    char *stack = mmap(NULL, stack_size, PROT_READ | PROT_WRITE,
+                       MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
+    if (stack == MAP_FAILED) {
+        *stage = CRSNAP_STAGE_CLONE;
+        *err = errno;
+        close(pipefd[0]);
+        close(pipefd[1]);
+        return -1;
+    }
+    struct launch_arg arg = {spec, pipefd[1]};
+    pid_t pid = clone(container_main, stack + stack_size,
+                      CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWUTS | CLONE_NEWIPC | SIGCHLD, &arg);
+    int clone_errno = errno;
+    close(pipefd[1]);
+    if (pid < 0) {
+        munmap(stack, stack_size);
+        close(pipefd[0]);
+        *stage = CRSNAP_STAGE_CLONE;
+        *err = clone_errno;
+        return -1;
+    }
+    int report[2];
+    ssize_t n;
+    do {
+        n = read(pipefd[0], report, sizeof report);
+    } while (n < 0 && errno == EINTR);
+    close(pipefd[0]);
+    munmap(stack, stack_size);
+    if (n == (ssize_t)sizeof report) {
+        while (waitpid(pid, NULL, 0) < 0 && errno == EINTR) {}
+        *stage = report[0];
+        *err = report[1];
+        return -1;
+    }
+    return pid;
+}
+
+static char *format_ns_path(char *buf, pid_t pid, const char *name) {
+    // "/proc/<pid>/ns/<name>" without snprintf (not async-signal-safe).
+    char digits[16];
+    int nd = 0;
+    unsigned int v = (unsigned int)pid;
+    do {
+        digits[nd++] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v > 0);
+    char *p = buf;
+    memcpy(p, "/proc/", 6);
+    p += 6;
+    while (nd > 0) *p++ = digits[--nd];
+    memcpy(p, "/ns/", 4);
+    p += 4;
+    size_t len = strlen(name);
+    memcpy(p, name, len);
+    p[len] = '\0';
+    return buf;
+}
+
+static void exec_fail(const char *what) {
+    const char *msg = strerror(errno);
+    write_all(2, "crsnap exec: ", 13);
+    write_all(2, what, strlen(what));
+    write_all(2, ": ", 2);
+    write_all(2, msg, strlen(msg));
+    write_all(2, "\n", 1);
+    _exit(127);
+}
+
+pid_t crsnap_exec_in(pid_t target, const char *const argv[], const char *const envp[]) {
+    pid_t helper = fork();
+    if (helper != 0) return helper;
+
+    // Open every namespace first: after entering the mount namespace, /proc
+    // is the container's and the host pid means nothing there.
+    static const char *const names[] = {"ipc", "uts", "pid", "mnt"};
+    int fds[4];
+    char path[64];
+    for (int i = 0; i < 4; i++) {
+        fds[i] = open(format_ns_path(path, target, names[i]), O_RDONLY | O_CLOEXEC);
+        if (fds[i] < 0) exec_fail("open namespace");
+    }
+    for (int i = 0; i < 4; i++) {
+        if (setns(fds[i], 0) != 0) exec_fail("setns");
+        close(fds[i]);
+    }
+    // Entering a pid namespace takes effect for children only.
+    pid_t child = fork();
+    if (child < 0) exec_fail("fork");
+    if (child == 0) {
+        if (chdir("/") != 0) exec_fail("chdir");
+        environ = (char **)envp;
+        execvp(argv[0], (char *const *)argv);
+        exec_fail(argv[0]);
+    }
+    int status;
+    while (waitpid(child, &status, 0) < 0) {
+        if (errno != EINTR) _exit(127);
+    }
+    _exit(WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status));
+}
+
+pid_t crsnap_spawn(const char *path, const char *const argv[], const char *const envp[],
+                   const int *fdmap, int nfds, int new_session) {
+    int pipefd[2];
+    if (pipe2(pipefd, O_CLOEXEC) != 0) return -1;
+    pid_t pid = fork();
+    if (pid < 0) {
+        int e = errno;
+        close(pipefd[0]);
+        close(pipefd[1]);
+        errno = e;
+        return -1;
+    }
+    if (pid == 0) {
+        int errfd = pipefd[1];
+        // Move the sources above the target range first, so that placing one
+        // cannot clobber another; the error pipe moves too.
+        int base = nfds + 1;
+        int moved[64];
+        if (nfds > 64) nfds = 64;
+        errfd = fcntl(errfd, F_DUPFD_CLOEXEC, base);
+        if (errfd < 0) _exit(127);
+        for (int i = 0; i < nfds; i++) {
+            moved[i] = -1;
+            if (fdmap[i] >= 0) {
+                moved[i] = fcntl(fdmap[i], F_DUPFD_CLOEXEC, base);
+                if (moved[i] < 0) fail_child(errfd, CRSNAP_STAGE_STDIO);
+            }
+        }
+        for (int i = 0; i < nfds; i++) {
+            if (moved[i] >= 0) {
+                if (dup2(moved[i], i) < 0) fail_child(errfd, CRSNAP_STAGE_STDIO);
+            } else {
+                close(i);
+            }
+        }
+        if (cloexec_from((unsigned int)nfds) != 0) fail_child(errfd, CRSNAP_STAGE_STDIO);
+        if (new_session && setsid() < 0) fail_child(errfd, CRSNAP_STAGE_SETSID);
+        // Reset what a multithreaded parent may have blocked.
+        sigset_t none;
+        sigemptyset(&none);
+        sigprocmask(SIG_SETMASK, &none, NULL);
+        execve(path, (char *const *)argv, (char *const *)envp);
+        fail_child(errfd, CRSNAP_STAGE_EXEC);
+    }
+    close(pipefd[1]);
+    int report[2];
+    ssize_t n;
+    do {
+        n = read(pipefd[0], report, sizeof report);
+    } while (n < 0 && errno == EINTR);
+    close(pipefd[0]);
+    if (n == (ssize_t)sizeof report) {
+        while (waitpid(pid, NULL, 0) < 0 && errno == EINTR) {}
+        errno = report[1];
+        return -1;
+    }
+    return pid;
+}
+
+int crsnap_set_child_subreaper(void) {
+    return prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
+}
+
+int crsnap_syncfs(int fd) {
+    return syncfs(fd);
+}
+
+int crsnap_close_range_from(int first) {
+    return (int)syscall(SYS_close_range, (unsigned int)first, ~0U, 0);
+}
+
+int crsnap_pipe2(int fds[2], int flags) {
+    return pipe2(fds, flags);
+}

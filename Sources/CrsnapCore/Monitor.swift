@@ -1,0 +1,195 @@
+import CLibmount
+import FSSnapshot
+import Foundation
+import ProcessCR
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The per-container supervisor (`crsnap _monitor`), crsnap's conmon: it
+/// starts the container's init, is the subreaper of everything the container
+/// leaves behind, copies the container's output pipe into its log, and does
+/// CRIU restores so that restored trees become its children and get the same
+/// output pipe back. It exits when the container's init exits, unless a
+/// rollback holds it.
+public final class Monitor {
+    let container: Container
+    let config: ContainerConfig
+    let cgroup: FreezerCgroup
+    var initPid: pid_t = 0
+    var holding = false
+    var shouldExit = false
+    var pipeR: Int32 = -1
+    var pipeW: Int32 = -1
+    var logFd: Int32 = -1
+    var listenFd: Int32 = -1
+    var logPipe = ""
+
+    init(container: Container) throws {
+        self.container = container
+        self.config = try container.config()
+        self.cgroup = try container.cgroup()
+    }
+
+    /// Runs the monitor; fd 1 is a pipe to the `crsnap` that started it, which
+    /// gets one line: "ready PID" or "error MESSAGE".
+    public static func main(store: Store, name: String, idle: Bool) -> Int32 {
+        signal(SIGPIPE, SIG_IGN)
+        let monitor: Monitor
+        do {
+            monitor = try Monitor(container: try Container(store: store, name: name))
+            try monitor.start(idle: idle)
+        } catch {
+            let line = "error \(error)".replacingOccurrences(of: "\n", with: " / ") + "\n"
+            _ = try? Sys.write(1, Array(line.utf8), "ready pipe")
+            return 1
+        }
+        _ = try? Sys.write(1, Array("ready \(monitor.initPid)\n".utf8), "ready pipe")
+        if let null = try? Sys.open("/dev/null", O_RDWR) {
+            dup2(null, 1)
+            Sys.close(null)
+        }
+        monitor.loop()
+        return 0
+    }
+
+    func start(idle: Bool) throws {
+        guard crsnap_set_child_subreaper() == 0 else {
+            throw SystemError("prctl(PR_SET_CHILD_SUBREAPER)", "monitor", errno: errno)
+        }
+        logFd = try Sys.open(container.logPath, O_WRONLY | O_APPEND | O_CREAT, mode: 0o600)
+        var fds: [Int32] = [0, 0]
+        try Sys.check("pipe", "container output") { crsnap_pipe2(&fds, O_CLOEXEC) }
+        pipeR = fds[0]
+        pipeW = fds[1]
+        _ = fcntl(pipeR, F_SETFL, fcntl(pipeR, F_GETFL) | O_NONBLOCK)
+        logPipe = Proc.fdTarget(pid: getpid(), fd: pipeW) ?? ""
+        listenFd = try MonitorChannel.listen(dir: container.dir)
+        if idle {
+            holding = true
+            try writeState(.stopped)
+            return
+        }
+        let procs = try cgroup.openProcs()
+        defer { Sys.close(procs) }
+        var spec = ContainerSpec(root: container.rootMount, hostname: config.hostname, argv: config.command,
+                                 env: config.env, logFd: pipeW, cgroupProcsFd: procs)
+        spec.workdir = "/"
+        initPid = try Containers.launch(spec)
+        try writeState(.running)
+    }
+
+    func writeState(_ status: ContainerState.Status) throws {
+        let s = ContainerState(status: status, monitorPid: getpid(), initPid: initPid, logPipe: logPipe, updated: Date())
+        try JSON.write(s, to: container.statePath)
+    }
+
+    func note(_ text: String) {
+        let f = ISO8601DateFormatter()
+        let line = "[crsnap \(f.string(from: Date()))] \(text)\n"
+        _ = try? Sys.write(logFd, Array(line.utf8), container.logPath)
+    }
+
+    func loop() {
+        while !shouldExit {
+            var fds = [pollfd(fd: pipeR, events: Int16(POLLIN), revents: 0),
+                       pollfd(fd: listenFd, events: Int16(POLLIN), revents: 0)]
+            _ = poll(&fds, 2, 200)
+            drainOutput()
+            if fds[1].revents & Int16(POLLIN) != 0 { serveOne() }
+            reap()
+        }
+        drainOutput()
+        try? writeState(.stopped)
+        try? Sys.unlink("\(container.dir)/\(MonitorChannel.socketName)")
+        exit(0)
+    }
+
+    func drainOutput() {
+        var buf = [UInt8](repeating: 0, count: 65536)
+        while true {
+            let n = buf.withUnsafeMutableBytes { read(pipeR, $0.baseAddress, $0.count) }
+            if n <= 0 { return }
+            _ = try? Sys.write(logFd, Array(buf[0..<n]), container.logPath)
+        }
+    }
+
+    func reap() {
+        var status: Int32 = 0
+        while true {
+            let p = waitpid(-1, &status, WNOHANG)
+            if p <= 0 { return }
+            if p == initPid {
+                initPid = 0
+                note("container init exited with status \(Program.exitCode(status))")
+                try? writeState(.stopped)
+                if !holding { shouldExit = true }
+            }
+        }
+    }
+
+    func serveOne() {
+        let client = accept(listenFd, nil, nil)
+        guard client >= 0 else { return }
+        _ = fcntl(client, F_SETFD, FD_CLOEXEC)
+        defer { Sys.close(client) }
+        guard let request = try? MonitorChannel.receiveMessage(client) else { return }
+        let reply = handle(request)
+        _ = try? MonitorChannel.sendMessage(client, reply)
+    }
+
+    func handle(_ request: String) -> String {
+        let parts = request.split(separator: "\n", omittingEmptySubsequences: false).map(String.init)
+        switch parts.first ?? "" {
+        case "status":
+            return "ok \(initPid)"
+        case "hold":
+            holding = true
+            return "ok"
+        case "release":
+            holding = false
+            if initPid == 0 { shouldExit = true }
+            return "ok"
+        case "stop":
+            holding = false
+            do {
+                try cgroup.killAll()
+            } catch {
+                return "err \(error)"
+            }
+            reap()
+            shouldExit = true
+            note("container stopped")
+            return "ok"
+        case "restore" where parts.count >= 4:
+            return restore(images: parts[1], root: parts[2], pipeKey: parts[3], label: parts.count > 4 ? parts[4] : "")
+        default:
+            return "err unknown request \(parts.first ?? "")"
+        }
+    }
+
+    func restore(images: String, root: String, pipeKey: String, label: String) -> String {
+        if initPid != 0 && cgroup.procs().isEmpty {
+            // The tree was killed; its init may not have been reaped yet.
+            var status: Int32 = 0
+            while waitpid(initPid, &status, 0) < 0 && errno == EINTR {}
+            note("container init exited with status \(Program.exitCode(status))")
+            initPid = 0
+        }
+        guard initPid == 0 else { return "err the container is still running (pid \(initPid))" }
+        do {
+            let criu = try Criu.locate()
+            var req = RestoreRequest(imagesDir: images, root: root)
+            if !pipeKey.isEmpty { req.inheritFds = [(key: pipeKey, fd: pipeW)] }
+            let cg = cgroup
+            let pid = try Checkpointer(criu: criu).restore(req) { criuPid in try cg.add(criuPid) }
+            initPid = pid
+            holding = false
+            try writeState(.running)
+            note("restored \(label) (init pid \(pid))")
+            return "ok \(pid)"
+        } catch {
+            return "err \(error)"
+        }
+    }
+}

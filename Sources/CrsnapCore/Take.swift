@@ -1,0 +1,168 @@
+import FSSnapshot
+import Foundation
+import ProcessCR
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The journal entry of an operation in progress; a leftover one is cleaned
+/// up by the next operation on the container.
+struct Journal: Codable {
+    var op: String
+    var started: Date
+    /// take: the staging directory; rollback: the volume kept aside.
+    var path: String
+}
+
+/// The steps of one take, as seen by the transaction. The real ones call CRIU
+/// and btrfs; unit tests fake them.
+public protocol TakeSteps: AnyObject {
+    /// Flush the container's filesystem (before the freeze).
+    func flush() throws
+    /// Snapshot the writable volume into `destination` (tasks are frozen).
+    func snapshotVolume(to destination: String) throws
+    /// Dump the tree into `imagesDir`; calls back into `onPreDump`/`onPostDump`.
+    func dump(imagesDir: String, onPreDump: @escaping () throws -> Void,
+              onPostDump: @escaping () throws -> Void) throws -> DumpStats
+    /// Make sure the container's tasks are not left frozen.
+    func ensureThawed() throws
+    func deleteVolume(_ path: String) throws
+    func isVolume(_ path: String) -> Bool
+}
+
+public struct TakeResult: Codable {
+    public var id: String
+    public var container: String
+    public var tag: String?
+    public var created: Date
+    public var stats: Manifest.Stats
+    /// CRIU's own figures for the dump.
+    public var criu: DumpStats
+}
+
+/// take: one frozen instant for memory and files.
+public enum Take {
+    public static func take(store: Store, name: String, tag: String?) throws -> TakeResult {
+        if let tag { try Names.validate(tag, what: "tag") }
+        let c = try Container(store: store, name: name)
+        try c.mustExist()
+        let lock = try c.lock()
+        defer { lock.release() }
+        try Recovery.finishInterrupted(c)
+        let initPid = try c.runningInit()
+        let config = try c.config()
+        let state = c.state()!
+        let cg = try c.cgroup()
+        let criu = try Criu.locate()
+        let steps = RealTakeSteps(container: c, criu: criu, initPid: initPid, cgroup: cg)
+        let nsPid = Proc.nsPids(initPid).last ?? 0
+        let version = try? criu.version()
+        return try run(container: c, tag: tag, steps: steps) { number, stats in
+            Manifest(id: "\(name)@\(number)", container: name, number: number, tag: tag, created: Date(),
+                     kind: config.kind, backend: store.backend.name, log_pipe: state.logPipe,
+                     init_pid_ns: nsPid, criu_version: version?.description, stats: stats)
+        }
+    }
+
+    /// The transaction: staging directory, dump with the snapshot inside
+    /// post-dump, verify, manifest, rename into place. Any failure removes the
+    /// staging directory and leaves the tasks thawed.
+    static func run(container c: Container, tag: String?, steps: TakeSteps,
+                    manifest: (Int, Manifest.Stats) -> Manifest) throws -> TakeResult {
+        let number = c.nextNumber()
+        let staging = "\(c.snapshotsDir)/.staging-\(number)"
+        let images = "\(staging)/images"
+        let fsSnap = "\(staging)/fs"
+        let revert = Revert()
+        return try revert.run {
+            revert.push("thaw \(c.name)") { try steps.ensureThawed() }
+            try Sys.mkdir(c.snapshotsDir, mode: 0o700, existOK: true)
+            try Sys.mkdir(staging, mode: 0o700)
+            revert.push("remove \(staging)") {
+                if steps.isVolume(fsSnap) { try steps.deleteVolume(fsSnap) }
+                try Sys.removeTree(staging)
+            }
+            try JSON.write(Journal(op: "take", started: Date(), path: staging), to: c.journalPath)
+            revert.push("end journal") { try Sys.unlink(c.journalPath) }
+            try Sys.mkdir(images, mode: 0o700)
+
+            var fsMs = 0.0
+            var snapshotted = false
+            let t0 = DispatchTime.now()
+            let dumpStats = try steps.dump(imagesDir: images, onPreDump: {
+                try Faults.check("take.pre-dump")
+                try steps.flush()
+            }, onPostDump: {
+                let s = DispatchTime.now()
+                try Faults.check("take.fs-snapshot")
+                try steps.snapshotVolume(to: fsSnap)
+                fsMs = Double(DispatchTime.now().uptimeNanoseconds - s.uptimeNanoseconds) / 1e6
+                snapshotted = true
+            })
+            let dumpMs = Double(DispatchTime.now().uptimeNanoseconds - t0.uptimeNanoseconds) / 1e6
+            try steps.ensureThawed()
+            guard snapshotted, steps.isVolume(fsSnap) else {
+                throw CrsnapError(.failed, "take \(c.name): CRIU finished without the post-dump notification; no filesystem snapshot was taken")
+            }
+            guard Sys.exists("\(images)/inventory.img") else {
+                throw CrsnapError(.failed, "take \(c.name): CRIU wrote no inventory.img in \(images)")
+            }
+            try Faults.check("take.manifest")
+            let stats = Manifest.Stats(frozen_ms: dumpStats.frozenMs, fs_snapshot_ms: fsMs, dump_ms: dumpMs,
+                                       images_bytes: Sys.treeSize(images))
+            let m = manifest(number, stats)
+            try JSON.write(m, to: "\(staging)/manifest.json")
+            let final = c.snapshotDir(number)
+            try Sys.rename(staging, final)
+            try Sys.fsyncDirectory(c.snapshotsDir)
+            try Sys.writeAtomically(c.nextIDPath, Array("\(number + 1)\n".utf8))
+            try Sys.unlink(c.journalPath)
+            return TakeResult(id: m.id, container: c.name, tag: tag, created: m.created, stats: stats, criu: dumpStats)
+        }
+    }
+}
+
+final class RealTakeSteps: TakeSteps, CriuNotifyHandler {
+    let container: Container
+    let criu: Criu
+    let initPid: pid_t
+    let cgroup: FreezerCgroup
+    var preDump: (() throws -> Void)?
+    var postDump: (() throws -> Void)?
+
+    init(container: Container, criu: Criu, initPid: pid_t, cgroup: FreezerCgroup) {
+        self.container = container
+        self.criu = criu
+        self.initPid = initPid
+        self.cgroup = cgroup
+    }
+
+    func flush() throws { try Sys.syncfs(container.volume) }
+
+    func snapshotVolume(to destination: String) throws {
+        try container.store.backend.snapshot(container.volume, to: destination, readOnly: true)
+    }
+
+    func dump(imagesDir: String, onPreDump: @escaping () throws -> Void,
+              onPostDump: @escaping () throws -> Void) throws -> DumpStats {
+        preDump = onPreDump
+        postDump = onPostDump
+        let req = DumpRequest(pid: initPid, imagesDir: imagesDir, freezeCgroup: cgroup.path)
+        return try Checkpointer(criu: criu).dump(req, handler: self)
+    }
+
+    func criuNotify(_ script: String, pid: Int32) throws {
+        switch script {
+        case "pre-dump": try preDump?()
+        case "post-dump": try postDump?()
+        default: break
+        }
+    }
+
+    func ensureThawed() throws {
+        if cgroup.state() != "THAWED" { try cgroup.thaw() }
+    }
+
+    func deleteVolume(_ path: String) throws { try container.store.backend.deleteVolume(path) }
+    func isVolume(_ path: String) -> Bool { container.store.backend.isVolume(path) }
+}

@@ -1,0 +1,69 @@
+import CLibmount
+import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A libbtrfsutil call that failed, with the errno it left behind.
+public struct BtrfsError: Error, CustomStringConvertible {
+    public let operation: String
+    public let path: String
+    public let code: btrfs_util_error
+    public let errno: Int32
+
+    public var description: String {
+        let what = String(cString: btrfs_util_strerror(code))
+        let sys = errno != 0 ? " (\(String(cString: strerror(errno))))" : ""
+        return "btrfs \(operation) \(path): \(what)\(sys)"
+    }
+}
+
+/// Subvolume primitives over libbtrfsutil.
+public enum Btrfs {
+    public static let superMagic: UInt = 0x9123_683E
+
+    static func call(_ op: String, _ path: String, _ body: () -> btrfs_util_error) throws {
+        Glibc.errno = 0
+        let r = body()
+        if r != BTRFS_UTIL_OK {
+            throw BtrfsError(operation: op, path: path, code: r, errno: Glibc.errno)
+        }
+    }
+
+    public static func isBtrfs(_ path: String) -> Bool {
+        (try? Sys.filesystemType(path)) == superMagic
+    }
+
+    public static func isSubvolume(_ path: String) -> Bool {
+        btrfs_util_is_subvolume(path) == BTRFS_UTIL_OK
+    }
+
+    public static func createSubvolume(_ path: String) throws {
+        try call("create subvolume", path) { btrfs_util_create_subvolume(path, 0, nil, nil) }
+    }
+
+    /// A snapshot of `source` at `destination`; read-only when asked.
+    public static func snapshot(_ source: String, to destination: String, readOnly: Bool) throws {
+        let flags = readOnly ? Int32(BTRFS_UTIL_CREATE_SNAPSHOT_READ_ONLY) : 0
+        try call("snapshot", "\(source) to \(destination)") {
+            btrfs_util_create_snapshot(source, destination, flags, nil, nil)
+        }
+    }
+
+    /// Deletes a subvolume and any subvolumes below it.
+    public static func deleteSubvolume(_ path: String) throws {
+        try call("delete subvolume", path) {
+            btrfs_util_delete_subvolume(path, Int32(BTRFS_UTIL_DELETE_SUBVOLUME_RECURSIVE))
+        }
+    }
+
+    public static func isReadOnly(_ path: String) throws -> Bool {
+        var ro = false
+        try call("get read-only", path) { btrfs_util_get_subvolume_read_only(path, &ro) }
+        return ro
+    }
+
+    public static func setReadOnly(_ path: String, _ readOnly: Bool) throws {
+        try call("set read-only", path) { btrfs_util_set_subvolume_read_only(path, readOnly) }
+    }
+}

@@ -1,0 +1,151 @@
+import FSSnapshot
+import Foundation
+import SwiftProtobuf
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// One CRIU dump of a process tree into a directory.
+public struct DumpRequest {
+    public var pid: Int32
+    public var imagesDir: String
+    /// The freezer cgroup CRIU freezes the tree through.
+    public var freezeCgroup: String?
+    public var leaveRunning = true
+    /// Ask for pre-dump/post-dump notifications (the handler gets them).
+    public var notify = true
+    /// Bytes an unlinked open file may have before CRIU refuses to copy it.
+    public var ghostLimit: UInt32 = 512 << 20
+    public var external: [String] = []
+
+    public init(pid: Int32, imagesDir: String, freezeCgroup: String?) {
+        self.pid = pid
+        self.imagesDir = imagesDir
+        self.freezeCgroup = freezeCgroup
+    }
+}
+
+public struct RestoreRequest {
+    public var imagesDir: String
+    /// The container root CRIU restores into (a mount point on the host).
+    public var root: String
+    /// (key, fd) pairs: CRIU hands `fd` to the restored tree in place of the
+    /// file the images call `key` (e.g. "pipe:[1234]").
+    public var inheritFds: [(key: String, fd: Int32)] = []
+
+    public init(imagesDir: String, root: String) {
+        self.imagesDir = imagesDir
+        self.root = root
+    }
+}
+
+/// CRIU's own account of a dump, from its stats-dump file.
+public struct DumpStats: Codable, Equatable {
+    public var freezingMs: Double
+    public var frozenMs: Double
+    public var memdumpMs: Double
+    public var memwriteMs: Double
+    public var pagesWritten: UInt64
+
+    enum CodingKeys: String, CodingKey {
+        case freezingMs = "freezing_ms", frozenMs = "frozen_ms", memdumpMs = "memdump_ms"
+        case memwriteMs = "memwrite_ms", pagesWritten = "pages_written"
+    }
+}
+
+/// Dump and restore through CRIU's RPC interface.
+public struct Checkpointer {
+    public let criu: Criu
+    public static let dumpLog = "dump.log"
+    public static let restoreLog = "restore.log"
+
+    public init(criu: Criu) { self.criu = criu }
+
+    /// Options every crsnap dump and restore shares: they must agree.
+    static func commonOptions(imagesDirFd: Int32) -> CriuOpts {
+        var o = CriuOpts()
+        o.imagesDirFd = imagesDirFd
+        o.logLevel = 4
+        o.fileLocks = true
+        o.tcpEstablished = true
+        o.extUnixSk = true
+        o.linkRemap = true
+        // The container's freezer cgroup is crsnap's to manage; restored tasks
+        // inherit it from the CRIU process crsnap places there.
+        o.manageCgroups = false
+        o.networkLock = .skip
+        return o
+    }
+
+    /// Dumps the tree. The handler sees "pre-dump" before the freeze and
+    /// "post-dump" while the tasks are frozen; a throw there aborts the dump
+    /// and CRIU resumes the tasks.
+    public func dump(_ r: DumpRequest, handler: CriuNotifyHandler?) throws -> DumpStats {
+        let dirFd = try Sys.open(r.imagesDir, O_RDONLY | O_DIRECTORY)
+        defer { Sys.close(dirFd) }
+        var o = Checkpointer.commonOptions(imagesDirFd: dirFd)
+        o.pid = r.pid
+        o.logFile = Checkpointer.dumpLog
+        o.leaveRunning = r.leaveRunning
+        o.notifyScripts = r.notify
+        o.ghostLimit = r.ghostLimit
+        o.external = r.external
+        if let cg = r.freezeCgroup { o.freezeCgroup = cg }
+        var req = CriuReq()
+        req.type = .dump
+        req.opts = o
+
+        let swrk = try CriuSwrk(binary: criu.binary)
+        let client = CriuClient(transport: swrk)
+        defer { client.close() }
+        _ = try client.call(req, handler: handler, logPath: "\(r.imagesDir)/\(Checkpointer.dumpLog)")
+        return try Checkpointer.readDumpStats("\(r.imagesDir)/stats-dump")
+    }
+
+    /// Restores the tree detached, as a child of the calling process
+    /// (rst_sibling), and returns the host pid of its root. `prepare` runs with
+    /// CRIU's pid before the request is sent (e.g. to place it in a cgroup).
+    public func restore(_ r: RestoreRequest, prepare: (pid_t) throws -> Void = { _ in }) throws -> pid_t {
+        let dirFd = try Sys.open(r.imagesDir, O_RDONLY | O_DIRECTORY)
+        defer { Sys.close(dirFd) }
+        var o = Checkpointer.commonOptions(imagesDirFd: dirFd)
+        o.logFile = Checkpointer.restoreLog
+        o.root = r.root
+        o.rstSibling = true
+        for (i, inherit) in r.inheritFds.enumerated() {
+            var f = CriuInheritFd()
+            f.key = inherit.key
+            f.fd = Int32(4 + i)
+            o.inheritFd.append(f)
+        }
+        var req = CriuReq()
+        req.type = .restore
+        req.opts = o
+
+        let swrk = try CriuSwrk(binary: criu.binary, extraFds: r.inheritFds.map { $0.fd })
+        let client = CriuClient(transport: swrk)
+        defer { client.close() }
+        try prepare(swrk.pid)
+        let resp = try client.call(req, logPath: "\(r.imagesDir)/\(Checkpointer.restoreLog)")
+        return resp.restore.pid
+    }
+
+    /// Parses CRIU's stats-dump: u32 service magic, u32 stats magic, u32 size,
+    /// then one CriuStatsEntry.
+    public static func readDumpStats(_ path: String) throws -> DumpStats {
+        let bytes = try Sys.readFile(path)
+        func u32(_ at: Int) -> UInt32 {
+            UInt32(bytes[at]) | UInt32(bytes[at + 1]) << 8 | UInt32(bytes[at + 2]) << 16 | UInt32(bytes[at + 3]) << 24
+        }
+        guard bytes.count >= 12, u32(0) == 0x5510_5940, u32(4) == 0x5709_3306 else {
+            throw SystemError("parse CRIU stats", path, errno: EINVAL)
+        }
+        let size = Int(u32(8))
+        guard bytes.count >= 12 + size else { throw SystemError("parse CRIU stats (truncated)", path, errno: EINVAL) }
+        let entry = try CriuStatsEntry(serializedBytes: Array(bytes[12..<(12 + size)]))
+        let d = entry.dump
+        return DumpStats(freezingMs: Double(d.freezingTime) / 1000, frozenMs: Double(d.frozenTime) / 1000,
+                         memdumpMs: Double(d.memdumpTime) / 1000, memwriteMs: Double(d.memwriteTime) / 1000,
+                         pagesWritten: d.pagesWritten)
+    }
+}

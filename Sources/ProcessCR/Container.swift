@@ -1,0 +1,87 @@
+import CLibmount
+import FSSnapshot
+import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Why a container's first process did not start.
+public struct LaunchError: Error, CustomStringConvertible {
+    public let stage: String
+    public let errno: Int32
+    public var description: String { "starting the container: \(stage): \(String(cString: strerror(errno)))" }
+
+    static func stageName(_ s: Int32) -> String {
+        switch s {
+        case Int32(CRSNAP_STAGE_CGROUP.rawValue): return "joining the freezer cgroup"
+        case Int32(CRSNAP_STAGE_MOUNT_PRIVATE.rawValue): return "making mounts private"
+        case Int32(CRSNAP_STAGE_BIND_ROOT.rawValue): return "bind-mounting the root"
+        case Int32(CRSNAP_STAGE_PIVOT_ROOT.rawValue): return "pivot_root"
+        case Int32(CRSNAP_STAGE_DETACH_OLD_ROOT.rawValue): return "detaching the old root"
+        case Int32(CRSNAP_STAGE_MOUNT_PROC.rawValue): return "mounting /proc"
+        case Int32(CRSNAP_STAGE_HOSTNAME.rawValue): return "setting the hostname"
+        case Int32(CRSNAP_STAGE_SETSID.rawValue): return "setsid"
+        case Int32(CRSNAP_STAGE_STDIO.rawValue): return "setting up stdio (is /dev/null in the root?)"
+        case Int32(CRSNAP_STAGE_CHDIR.rawValue): return "changing to the working directory"
+        case Int32(CRSNAP_STAGE_EXEC.rawValue): return "executing the command"
+        case Int32(CRSNAP_STAGE_CLONE.rawValue): return "clone with new namespaces"
+        default: return "stage \(s)"
+        }
+    }
+}
+
+public struct ContainerSpec {
+    public var root: String
+    public var hostname: String
+    public var argv: [String]
+    public var env: [String]
+    public var workdir: String = "/"
+    public var logFd: Int32
+    public var cgroupProcsFd: Int32
+
+    public init(root: String, hostname: String, argv: [String], env: [String], logFd: Int32, cgroupProcsFd: Int32) {
+        self.root = root
+        self.hostname = hostname
+        self.argv = argv
+        self.env = env
+        self.logFd = logFd
+        self.cgroupProcsFd = cgroupProcsFd
+    }
+
+    public static let defaultEnv = [
+        "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        "HOME=/root", "TERM=dumb", "LANG=C.UTF-8",
+    ]
+}
+
+/// Starting processes inside a container's namespaces (the work itself is in C).
+public enum Containers {
+    /// Starts the container's init; returns its host pid.
+    public static func launch(_ spec: ContainerSpec) throws -> pid_t {
+        var stage: Int32 = 0
+        var err: Int32 = 0
+        let pid: pid_t = withCStrings(spec.argv) { argv in
+            withCStrings(spec.env) { envp in
+                spec.root.withCString { root in
+                    spec.hostname.withCString { host in
+                        spec.workdir.withCString { wd in
+                            var c = crsnap_container_spec(root: root, hostname: host, argv: argv, envp: envp,
+                                                          workdir: wd, log_fd: spec.logFd,
+                                                          cgroup_procs_fd: spec.cgroupProcsFd)
+                            return crsnap_launch_container(&c, &stage, &err)
+                        }
+                    }
+                }
+            }
+        }
+        if pid < 0 { throw LaunchError(stage: LaunchError.stageName(stage), errno: err) }
+        return pid
+    }
+
+    /// Runs argv in the namespaces of `pid` with this process's stdio; returns its exit status.
+    public static func exec(in pid: pid_t, argv: [String], env: [String]) throws -> Int32 {
+        let helper: pid_t = withCStrings(argv) { a in withCStrings(env) { e in crsnap_exec_in(pid, a, e) } }
+        if helper < 0 { throw SystemError("fork", "exec helper", errno: errno) }
+        return Program.wait(helper)
+    }
+}

@@ -1,0 +1,89 @@
+import ArgumentParser
+import CrsnapCore
+import Foundation
+
+@main
+struct Crsnap: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "crsnap",
+        abstract: "Snapshot a running container's processes and files at one instant; roll both back together.",
+        discussion: """
+        crsnap runs a command as a small container (own mount, pid, uts and ipc
+        namespaces, a writable root on btrfs, a freezer cgroup), checkpoints its
+        processes with CRIU while snapshotting its files in the same frozen
+        instant, and rolls both back so that memory and disk agree.
+
+        The store is --store, $CRSNAP_STORE, or /var/lib/crsnap. When it is not
+        on btrfs, crsnap makes a btrfs image file in it and loop-mounts it.
+
+        Exit status: 0 success, 1 the operation failed (what was undone is said),
+        3 no such container or snapshot, 4 conflicts with the current state
+        (e.g. not running, already exists), 64 bad input (nothing was changed).
+        """,
+        subcommands: [
+            RunCommand.self, PsCommand.self, TakeCommand.self, ListCommand.self, RollbackCommand.self,
+            ExecCommand.self, LogsCommand.self, StopCommand.self, RmCommand.self, DeleteCommand.self,
+            DoctorCommand.self, InitCommand.self, MonitorCommand.self,
+        ]
+    )
+}
+
+struct StoreOptions: ParsableArguments {
+    @Option(name: .long, help: ArgumentHelp("The store directory (default: $CRSNAP_STORE or /var/lib/crsnap).", valueName: "path"))
+    var store: String?
+
+    func open() throws -> Store {
+        try Store.open(try Store.resolvePath(store))
+    }
+
+    func openExisting() throws -> Store {
+        try Store.openExisting(try Store.resolvePath(store))
+    }
+}
+
+/// Runs a command body, printing errors as "crsnap: message" with the
+/// documented exit status.
+func reporting<T>(_ body: () throws -> T) throws -> T {
+    do {
+        return try body()
+    } catch let e as CrsnapError {
+        FileHandle.standardError.write(Data("crsnap: \(e.message)\n".utf8))
+        throw ExitCode(e.exitCode)
+    } catch let e as ExitCode {
+        throw e
+    } catch {
+        FileHandle.standardError.write(Data("crsnap: \(error)\n".utf8))
+        throw ExitCode(1)
+    }
+}
+
+func printJSON<T: Encodable>(_ value: T) throws {
+    let e = JSONEncoder()
+    e.outputFormatting = [.prettyPrinted, .sortedKeys]
+    e.dateEncodingStrategy = .iso8601
+    print(String(decoding: try e.encode(value), as: UTF8.self))
+}
+
+/// Prints rows as aligned columns.
+func printTable(_ header: [String], _ rows: [[String]]) {
+    var widths = header.map(\.count)
+    for r in rows { for (i, c) in r.enumerated() where i < widths.count { widths[i] = max(widths[i], c.count) } }
+    for r in [header] + rows {
+        let line = r.enumerated().map { i, c in i == r.count - 1 ? c : c.padding(toLength: widths[i], withPad: " ", startingAt: 0) }
+        print(line.joined(separator: "  "))
+    }
+}
+
+func formatBytes(_ n: UInt64) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB"]
+    var v = Double(n)
+    var i = 0
+    while v >= 1024 && i < units.count - 1 { v /= 1024; i += 1 }
+    return i == 0 ? "\(n) B" : String(format: "%.1f %@", v, units[i])
+}
+
+func formatDate(_ d: Date) -> String {
+    let f = DateFormatter()
+    f.dateFormat = "yyyy-MM-dd HH:mm:ss"
+    return f.string(from: d)
+}

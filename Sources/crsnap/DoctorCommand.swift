@@ -1,0 +1,63 @@
+import ArgumentParser
+import CrsnapCore
+import Foundation
+
+struct DoctorCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "doctor",
+        abstract: "Check root, kernel features, CRIU (version over RPC and `criu check`) and the store.",
+        discussion: "Exits 1 when any check fails; warnings do not fail."
+    )
+
+    @OptionGroup var storeOptions: StoreOptions
+    @Flag(help: "Print JSON.") var json = false
+
+    func run() throws {
+        let checks = try reporting { Doctor.run(storePath: try Store.resolvePath(storeOptions.store)) }
+        if json {
+            try printJSON(checks)
+        } else {
+            for c in checks {
+                let mark = c.status == .ok ? "ok  " : c.status == .warn ? "warn" : "FAIL"
+                print("\(mark)  \(c.name): \(c.detail)")
+            }
+        }
+        if checks.contains(where: { $0.status == .fail }) { throw ExitCode(1) }
+    }
+}
+
+struct InitCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "init",
+        abstract: "Create the store now (otherwise the first run does); prints where its btrfs root is.")
+
+    @OptionGroup var storeOptions: StoreOptions
+    @Flag(help: "Print JSON.") var json = false
+
+    struct Out: Encodable { var store: String; var root: String; var backend: String; var image: Bool }
+
+    func run() throws {
+        try reporting {
+            let s = try storeOptions.open()
+            if json {
+                try printJSON(Out(store: s.path, root: s.root, backend: s.backend.name, image: s.usesImage))
+            } else {
+                print(s.root)
+            }
+        }
+    }
+}
+
+/// The per-container monitor; started by run and rollback, not by people.
+struct MonitorCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "_monitor", shouldDisplay: false)
+
+    @OptionGroup var storeOptions: StoreOptions
+    @Flag var idle = false
+    @Argument var name: String
+
+    func run() throws {
+        let store = try reporting { try storeOptions.openExisting() }
+        throw ExitCode(Monitor.main(store: store, name: name, idle: idle))
+    }
+}

@@ -1,0 +1,33 @@
+import ArgumentParser
+import CrsnapCore
+import Foundation
+
+struct PsCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "ps", abstract: "List containers.")
+
+    @OptionGroup var storeOptions: StoreOptions
+    @Flag(help: "Print JSON.") var json = false
+
+    struct Row: Encodable {
+        var name: String
+        var state: String
+        var pid: Int32?
+        var backend: String
+        var snapshots: Int
+    }
+
+    func run() throws {
+        try reporting {
+            let store = try storeOptions.open()
+            let rows: [Row] = store.containerNames().compactMap { n in
+                guard let c = try? Container(store: store, name: n), let cfg = try? c.config() else { return nil }
+                let running = c.isRunning
+                return Row(name: n, state: running ? "running" : "stopped", pid: running ? c.state()?.initPid : nil,
+                           backend: "\(store.backend.name)/\(cfg.kind.rawValue)", snapshots: c.snapshotNumbers().count)
+            }
+            if json { return try printJSON(rows) }
+            printTable(["NAME", "STATE", "PID", "BACKEND", "SNAPSHOTS"],
+                       rows.map { [$0.name, $0.state, $0.pid.map(String.init) ?? "-", $0.backend, String($0.snapshots)] })
+        }
+    }
+}

@@ -1,0 +1,37 @@
+import ArgumentParser
+import CrsnapCore
+
+struct RunCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "run",
+        abstract: "Start a command as a container, detached.",
+        discussion: """
+        Without --rootfs the root is an overlay: the host's / read-only below, the
+        container's changes in a btrfs subvolume above, with a private /tmp and
+        /dev. With --rootfs DIR the root is a btrfs subvolume made from DIR (a
+        snapshot if DIR is a subvolume on the store, else a reflink copy).
+        The command's stdout and stderr go to the container's log (crsnap logs).
+        Prints nothing on success.
+        """
+    )
+
+    @OptionGroup var storeOptions: StoreOptions
+    @Option(help: ArgumentHelp("Make the root a btrfs subvolume from this directory.", valueName: "dir"))
+    var rootfs: String?
+    @Option(help: "Hostname inside the container (default: the container name).")
+    var hostname: String?
+    @Option(name: .customLong("env"), help: ArgumentHelp("Set an environment variable (repeatable).", valueName: "KEY=VALUE"))
+    var env: [String] = []
+    @Argument(help: "Container name: letters, digits, '-', '_', '.'; no leading dot; at most 64.")
+    var name: String
+    @Argument(parsing: .postTerminator, help: "The command and its arguments, after --.")
+    var command: [String] = []
+
+    func run() throws {
+        try reporting {
+            let o = RunOptions(name: name, command: command, rootfs: rootfs, hostname: hostname, env: env)
+            try Lifecycle.validate(o)
+            try Lifecycle.run(store: try storeOptions.open(), o)
+        }
+    }
+}
