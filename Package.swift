@@ -32,7 +32,7 @@ let package = Package(
         ),
         .testTarget(name: "CrsnapCoreTests", dependencies: ["CrsnapCore"]),
         .testTarget(name: "ProcessCRTests", dependencies: ["ProcessCR"]),
-        .testTarget(name: "IntegrationTests", dependencies: ["CrsnapCore", "crsnap"]),
+        .testTarget(name: "IntegrationTests", dependencies: ["CrsnapCore", "FSSnapshot", "crsnap"]),
     ],
     swiftLanguageModes: [.v5]
 )

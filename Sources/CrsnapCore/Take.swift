@@ -166,3 +166,24 @@ final class RealTakeSteps: TakeSteps, CriuNotifyHandler {
     func deleteVolume(_ path: String) throws { try container.store.backend.deleteVolume(path) }
     func isVolume(_ path: String) -> Bool { container.store.backend.isVolume(path) }
 }
+
+/// The baseline the benchmark compares take against: the same CRIU dump of
+/// the same container (leave-running, through the same freezer cgroup) with
+/// no notifications and no filesystem capture. Images go to a scratch
+/// directory that is removed afterwards; nothing is recorded in the store.
+public enum BareDump {
+    public static func dump(store: Store, name: String, scratch: String) throws -> DumpStats {
+        let c = try Container(store: store, name: name)
+        let lock = try c.lock()
+        defer { lock.release() }
+        let initPid = try c.runningInit()
+        let cg = try c.cgroup()
+        try Sys.mkdir(scratch, mode: 0o700)
+        defer { try? Sys.removeTree(scratch) }
+        var req = DumpRequest(pid: initPid, imagesDir: scratch, freezeCgroup: cg.path)
+        req.notify = false
+        let stats = try Checkpointer(criu: try Criu.locate()).dump(req, handler: nil)
+        if cg.state() != "THAWED" { try cg.thaw() }
+        return stats
+    }
+}

@@ -61,3 +61,18 @@ struct MonitorCommand: ParsableCommand {
         throw ExitCode(Monitor.main(store: store, name: name, idle: idle))
     }
 }
+
+/// For Scripts/bench-freeze: a bare CRIU dump of a container (no fs capture).
+struct BenchDumpCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "_bench-dump", shouldDisplay: false)
+
+    @OptionGroup var storeOptions: StoreOptions
+    @Option var scratch: String
+    @Argument var name: String
+
+    func run() throws {
+        try reporting {
+            try printJSON(try BareDump.dump(store: try storeOptions.openExisting(), name: name, scratch: scratch))
+        }
+    }
+}

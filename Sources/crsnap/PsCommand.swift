@@ -18,7 +18,11 @@ struct PsCommand: ParsableCommand {
 
     func run() throws {
         try reporting {
-            let store = try storeOptions.open()
+            let path = try Store.resolvePath(storeOptions.store)
+            if !FileManager.default.fileExists(atPath: path) {
+                return json ? try printJSON([Row]()) : printTable(["NAME", "STATE", "PID", "BACKEND", "SNAPSHOTS"], [])
+            }
+            let store = try Store.open(path)
             let rows: [Row] = store.containerNames().compactMap { n in
                 guard let c = try? Container(store: store, name: n), let cfg = try? c.config() else { return nil }
                 let running = c.isRunning

@@ -1,0 +1,113 @@
+import FSSnapshot
+import Foundation
+import XCTest
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Bad input gets a clear message naming what was wrong, a non-zero exit,
+/// and changes nothing in the store.
+struct BadCase {
+    let args: [String]
+    let status: Int32
+    let mentions: String
+    init(_ args: [String], _ status: Int32, _ mentions: String) {
+        self.args = args
+        self.status = status
+        self.mentions = mentions
+    }
+}
+
+final class BadInputTests: XCTestCase {
+    var cname = ""
+
+    override func setUpWithError() throws {
+        try Env.require()
+        cname = uniqueName("it-bad")
+        try crsnapOK(["run", cname, "--", "sleep", "1000"])
+        try crsnapOK(["take", cname])
+        try crsnapOK(["take", cname])
+        try crsnapOK(["delete", "\(cname)@2"])
+    }
+
+    override func tearDown() {
+        _ = try? crsnap(["rm", "--force", cname])
+    }
+
+    func testBadInputsChangeNothing() throws {
+        let long = String(repeating: "a", count: 65)
+        let cases: [BadCase] = [
+            BadCase(["run", "bad/name", "--", "true"], 64, "bad/name"),
+            BadCase(["run", ".hidden", "--", "true"], 64, "dot"),
+            BadCase(["run", long, "--", "true"], 64, "64"),
+            BadCase(["run", "", "--", "true"], 64, "empty"),
+            BadCase(["run", "sp ace", "--", "true"], 64, "sp ace"),
+            BadCase(["run", "ok-name"], 64, "no command"),
+            BadCase(["run", cname, "--", "true"], 4, "already exists"),
+            BadCase(["run", "x1", "--rootfs", "relative/dir", "--", "true"], 64, "absolute"),
+            BadCase(["run", "x1", "--rootfs", "/nonexistent-crsnap", "--", "true"], 64, "not a directory"),
+            BadCase(["run", "x1", "--env", "NOEQUALS", "--", "true"], 64, "KEY=VALUE"),
+            BadCase(["take", "no-such-container"], 3, "no-such-container"),
+            BadCase(["take", "../etc"], 64, "../etc"),
+            BadCase(["take", cname, "--tag", "bad tag"], 64, "bad tag"),
+            BadCase(["rollback", "web"], 64, "NAME@N"),
+            BadCase(["rollback", "\(cname)@0"], 64, "snapshot number"),
+            BadCase(["rollback", "\(cname)@x"], 64, "snapshot number"),
+            BadCase(["rollback", "\(cname)@2"], 3, "\(cname)@2"),
+            BadCase(["rollback", "\(cname)@99"], 3, "\(cname)@99"),
+            BadCase(["rollback", "nobody@1"], 3, "nobody"),
+            BadCase(["delete", "\(cname)@2"], 3, "\(cname)@2"),
+            BadCase(["list", "nobody"], 3, "nobody"),
+            BadCase(["exec", "nobody", "--", "true"], 3, "nobody"),
+            BadCase(["exec", cname], 64, "no command"),
+            BadCase(["logs", "bad@name"], 64, "bad@name"),
+            BadCase(["rm", cname], 4, "running"),
+            BadCase(["stop", "nobody"], 3, "nobody"),
+        ]
+        let before = storeFingerprint()
+        for c in cases {
+            let r = try crsnap(c.args)
+            XCTAssertEqual(r.status, c.status, "crsnap \(c.args): exit \(r.status), stderr: \(r.stderr)")
+            XCTAssertTrue(r.stderr.contains(c.mentions), "crsnap \(c.args): message should mention \"\(c.mentions)\": \(r.stderr)")
+            XCTAssertEqual(storeFingerprint(), before, "crsnap \(c.args) changed the store")
+        }
+        // Environment and store-path input.
+        let relStore = try crsnap(["ps"], store: "relative/store")
+        XCTAssertEqual(relStore.status, 64)
+        XCTAssertTrue(relStore.stderr.contains("absolute"), relStore.stderr)
+        let missing = try crsnap(["list", cname], store: "/nonexistent-crsnap-store")
+        XCTAssertEqual(missing.status, 3, missing.stderr)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: "/nonexistent-crsnap-store"), "a read command does not create a store")
+        XCTAssertEqual(storeFingerprint(), before)
+        // The container still runs, its remaining snapshot still restores.
+        XCTAssertTrue(try crsnapOK(["ps"]).contains(cname))
+        try crsnapOK(["rollback", "\(cname)@1"])
+        // Numbers are never reused: the deleted @2 stays gone.
+        XCTAssertEqual(try crsnapOK(["take", cname]).trimmingCharacters(in: .whitespacesAndNewlines), "\(cname)@3")
+    }
+}
+
+/// A store path that is not on btrfs gets a loop-mounted btrfs image.
+final class StoreImageTests: XCTestCase {
+    func testStoreOnNonBtrfsMakesImage() throws {
+        try Env.require()
+        let path = "/var/tmp/crsnap-it-image-\(getpid())"
+        defer {
+            if Btrfs.isBtrfs("\(path)/data") {
+                _ = umount2("\(path)/data", Int32(MNT_DETACH))
+            }
+            try? FileManager.default.removeItem(atPath: path)
+        }
+        if Btrfs.isBtrfs("/var/tmp") { throw XCTSkip("/var/tmp is itself btrfs here") }
+        let out = try crsnap(["init", "--json"], store: path)
+        XCTAssertEqual(out.status, 0, out.stderr)
+        let obj = try JSONSerialization.jsonObject(with: Data(out.stdout.utf8)) as! [String: Any]
+        XCTAssertEqual(obj["backend"] as? String, "btrfs")
+        XCTAssertEqual(obj["image"] as? Bool, true)
+        XCTAssertEqual(obj["root"] as? String, "\(path)/data")
+        XCTAssertTrue(FileManager.default.fileExists(atPath: "\(path)/btrfs.img"))
+        XCTAssertTrue(Btrfs.isBtrfs("\(path)/data"), "the image is mounted as btrfs")
+        let attrs = try FileManager.default.attributesOfItem(atPath: path)
+        XCTAssertEqual((attrs[.posixPermissions] as? NSNumber)?.intValue, 0o700, "the store is root-only")
+    }
+}

@@ -1,0 +1,173 @@
+import FSSnapshot
+import Foundation
+import XCTest
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The integration suite drives the real `crsnap` binary against real CRIU,
+/// btrfs, namespaces and cgroups. Without them it skips loudly; under CI=true
+/// a missing requirement is a failure, never a skip.
+enum Env {
+    static var isCI: Bool { ProcessInfo.processInfo.environment["CI"] == "true" }
+    static var store: String? { ProcessInfo.processInfo.environment["CRSNAP_TEST_STORE"] }
+    static var rootfs: String? { ProcessInfo.processInfo.environment["CRSNAP_TEST_ROOTFS"] }
+
+    /// The crsnap executable next to the test bundle.
+    static var binary: String {
+        let exe = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
+        var dir = (exe as NSString).deletingLastPathComponent
+        // On Linux the bundle is .build/<config>/crsnapPackageTests.xctest
+        if dir.hasSuffix(".xctest") { dir = (dir as NSString).deletingLastPathComponent }
+        return "\(dir)/crsnap"
+    }
+
+    /// What is missing for the integration suite, if anything.
+    static func missing() -> String? {
+        if geteuid() != 0 { return "not running as root" }
+        guard let store else { return "CRSNAP_TEST_STORE is not set (run through Scripts/testenv)" }
+        if !Btrfs.isBtrfs(store) {
+            return "CRSNAP_TEST_STORE \(store) is not on btrfs"
+        }
+        if !FileManager.default.isExecutableFile(atPath: binary) { return "crsnap binary not found at \(binary)" }
+        let paths = ["/usr/local/sbin/criu", "/usr/sbin/criu", "/usr/bin/criu"]
+        if ProcessInfo.processInfo.environment["CRSNAP_CRIU"] == nil && !paths.contains(where: { FileManager.default.isExecutableFile(atPath: $0) }) {
+            return "criu is not installed (Scripts/testenv installs CRIU >= 4.2)"
+        }
+        return nil
+    }
+
+    static func require() throws {
+        guard let why = missing() else { return }
+        let message = "INTEGRATION TESTS NOT RUN: \(why)"
+        FileHandle.standardError.write(Data("\n*** \(message) ***\n\n".utf8))
+        if isCI {
+            XCTFail("\(message) — CI=true, so this is a failure, not a skip")
+            throw XCTSkip(message)
+        }
+        throw XCTSkip(message)
+    }
+}
+
+struct Result {
+    let status: Int32
+    let stdout: String
+    let stderr: String
+}
+
+/// Runs crsnap with argv (never a shell) against the test store.
+@discardableResult
+func crsnap(_ args: [String], env: [String: String] = [:], store: String? = Env.store) throws -> Result {
+    let p = Process()
+    p.executableURL = URL(fileURLWithPath: Env.binary)
+    p.arguments = args
+    var e = ProcessInfo.processInfo.environment
+    e["CRSNAP_STORE"] = store
+    for (k, v) in env { e[k] = v }
+    p.environment = e
+    let out = Pipe(), err = Pipe()
+    p.standardOutput = out
+    p.standardError = err
+    p.standardInput = FileHandle.nullDevice
+    try p.run()
+    // Read both to the end before waiting so a full pipe cannot block crsnap.
+    final class Box: @unchecked Sendable { var data = Data() }
+    let outBox = Box()
+    let group = DispatchGroup()
+    group.enter()
+    DispatchQueue.global().async { outBox.data = out.fileHandleForReading.readDataToEndOfFile(); group.leave() }
+    let errData = err.fileHandleForReading.readDataToEndOfFile()
+    group.wait()
+    let outData = outBox.data
+    p.waitUntilExit()
+    return Result(status: p.terminationStatus, stdout: String(decoding: outData, as: UTF8.self),
+                  stderr: String(decoding: errData, as: UTF8.self))
+}
+
+/// Like `crsnap` but fails the test on a non-zero exit.
+@discardableResult
+func crsnapOK(_ args: [String], env: [String: String] = [:], file: StaticString = #filePath, line: UInt = #line) throws -> String {
+    let r = try crsnap(args, env: env)
+    XCTAssertEqual(r.status, 0, "crsnap \(args.joined(separator: " ")) failed: \(r.stderr)", file: file, line: line)
+    if r.status != 0 { throw XCTSkip("cannot continue after a failed crsnap \(args.first ?? "")") }
+    return r.stdout
+}
+
+func uniqueName(_ prefix: String) -> String {
+    "\(prefix)-\(getpid())-\(UInt16.random(in: 0...UInt16.max))"
+}
+
+/// Paths of a container in the test store.
+struct TestContainer {
+    let name: String
+    let overlay: Bool
+
+    var dir: String { "\(Env.store!)/containers/\(name)" }
+    var filesDir: String { overlay ? "\(dir)/fs/upper" : "\(dir)/fs" }
+    func snapshotFiles(_ n: Int) -> String { overlay ? "\(dir)/snapshots/\(n)/fs/upper" : "\(dir)/snapshots/\(n)/fs" }
+
+    var workloadLog: String { "\(filesDir)/var/lib/crsnap-workload/log" }
+    func snapshotWorkloadLog(_ n: Int) -> String { "\(snapshotFiles(n))/var/lib/crsnap-workload/log" }
+
+    var cgroupProcs: [pid_t] {
+        let dirs = (try? FileManager.default.contentsOfDirectory(atPath: "/sys/fs/cgroup/freezer/crsnap")) ?? []
+        guard let d = dirs.first(where: { $0.hasSuffix(".\(name)") }),
+              let text = try? String(contentsOfFile: "/sys/fs/cgroup/freezer/crsnap/\(d)/cgroup.procs", encoding: .utf8)
+        else { return [] }
+        return text.split(separator: "\n").compactMap { pid_t($0) }
+    }
+
+    var freezerState: String {
+        let dirs = (try? FileManager.default.contentsOfDirectory(atPath: "/sys/fs/cgroup/freezer/crsnap")) ?? []
+        guard let d = dirs.first(where: { $0.hasSuffix(".\(name)") }) else { return "?" }
+        return ((try? String(contentsOfFile: "/sys/fs/cgroup/freezer/crsnap/\(d)/freezer.state", encoding: .utf8)) ?? "?")
+            .trimmingCharacters(in: .whitespacesAndNewlines)
+    }
+
+    /// The pids the container's tasks have inside their pid namespace.
+    var namespacePids: [pid_t] {
+        cgroupProcs.compactMap { pid -> pid_t? in
+            guard let status = try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8) else { return nil }
+            for l in status.split(separator: "\n") where l.hasPrefix("NSpid:") {
+                return l.split(whereSeparator: { $0 == " " || $0 == "\t" }).last.flatMap { pid_t($0) }
+            }
+            return nil
+        }.sorted()
+    }
+}
+
+/// The complete lines of a counter log as numbers.
+func counterLines(_ path: String) -> [Int] {
+    guard let text = try? String(contentsOfFile: path, encoding: .utf8) else { return [] }
+    var lines = text.split(separator: "\n", omittingEmptySubsequences: false)
+    if !text.hasSuffix("\n") { lines.removeLast() }  // a line still being written
+    return lines.compactMap { Int($0) }
+}
+
+/// Waits until `cond` holds or `timeout` seconds pass.
+func waitFor(_ timeout: Double, _ cond: () -> Bool) -> Bool {
+    let deadline = Date().addingTimeInterval(timeout)
+    while Date() < deadline {
+        if cond() { return true }
+        usleep(50_000)
+    }
+    return cond()
+}
+
+var workloadSource: String {
+    let here = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
+    return (try? String(contentsOf: here.appendingPathComponent("Workloads/counter.py"), encoding: .utf8)) ?? ""
+}
+
+/// A listing of every path under the store with sizes, to prove a command changed nothing.
+func storeFingerprint() -> [String] {
+    guard let store = Env.store, let e = FileManager.default.enumerator(atPath: store) else { return [] }
+    var out: [String] = []
+    while let rel = e.nextObject() as? String {
+        // Live files the running containers keep changing are not the store's state.
+        if rel.contains("/fs/") || rel.hasSuffix("/log") || rel.hasSuffix("/monitor.log") || rel.hasSuffix("state.json") { continue }
+        if rel.hasSuffix("/fs") { e.skipDescendants() }
+        out.append(rel)
+    }
+    return out.sorted()
+}
