@@ -86,8 +86,12 @@ public final class CriuClient {
                 continue
             }
             guard resp.success else {
+                // CRIU reports the first error it logged, which on machines
+                // without CAP_SYS_RESOURCE is a harmless rlimit line; the log's
+                // own error lines follow in the description.
+                let message = CriuLog.isHarmless(resp.crErrmsg) ? "" : resp.crErrmsg
                 throw CriuError(request: name(request.type), errno: resp.crErrno,
-                                message: resp.crErrmsg, logPath: logPath,
+                                message: message, logPath: logPath,
                                 logErrors: CriuLog.errors(at: logPath))
             }
             return resp
@@ -193,6 +197,10 @@ public struct CriuVersionInfo: CustomStringConvertible, Comparable {
 
     public var description: String { "\(major).\(minor)" + (sublevel > 0 ? ".\(sublevel)" : "") }
 
+    public static func == (a: CriuVersionInfo, b: CriuVersionInfo) -> Bool {
+        (a.major, a.minor, a.sublevel) == (b.major, b.minor, b.sublevel)
+    }
+
     public static func < (a: CriuVersionInfo, b: CriuVersionInfo) -> Bool {
         (a.major, a.minor, a.sublevel) < (b.major, b.minor, b.sublevel)
     }
@@ -236,10 +244,15 @@ public struct Criu {
 }
 
 public enum CriuLog {
+    /// Errors CRIU logs on every run on machines without CAP_SYS_RESOURCE.
+    static func isHarmless<S: StringProtocol>(_ line: S) -> Bool {
+        line.contains("Can't setup RLIMIT_NOFILE")
+    }
+
     /// The lines of a CRIU log that report errors (the last few).
     public static func errors(at path: String?, limit: Int = 12) -> [String] {
         guard let path, let text = try? Sys.readText(path) else { return [] }
-        let lines = text.split(separator: "\n").filter { $0.contains("Error") || $0.contains("BUG") }
+        let lines = text.split(separator: "\n").filter { ($0.contains("Error") || $0.contains("BUG")) && !isHarmless($0) }
         return lines.suffix(limit).map { String($0) }
     }
 }

@@ -1,0 +1,304 @@
+@testable import CrsnapCore
+import FSSnapshot
+import Foundation
+import ProcessCR
+import XCTest
+
+/// A "volume" is a plain directory: enough for the transaction, which only
+/// asks whether one exists and deletes it.
+struct FakeBackend: SnapshotBackend {
+    var name: String { "fake" }
+    var capabilities: BackendCapabilities { [] }
+    func createVolume(_ path: String) throws {
+        try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: false)
+    }
+    func snapshot(_ source: String, to destination: String, readOnly: Bool) throws {
+        try FileManager.default.copyItem(atPath: source, toPath: destination)
+    }
+    func deleteVolume(_ path: String) throws { try FileManager.default.removeItem(atPath: path) }
+    func isVolume(_ path: String) -> Bool { Sys.isDirectory(path) }
+}
+
+/// Plays CRIU and btrfs: records every call, and fails where told.
+final class FakeTakeSteps: TakeSteps {
+    struct Injected: Error, Equatable, CustomStringConvertible {
+        let at: String
+        var description: String { "injected failure at \(at)" }
+    }
+
+    let container: Container
+    var calls: [String] = []
+    var deletedVolumes: [String] = []
+    /// What the journal said while CRIU was running.
+    var journalDuringDump: String?
+    var failFlush = false
+    var failSnapshot = false
+    /// CRIU failing late: after post-dump was answered, before its final reply.
+    var failDumpAfterPostDump = false
+    var skipPostDump = false
+    var writeInventory = true
+    var failEnsureThawed = false
+    var failDeleteVolume = false
+    let stats: DumpStats
+
+    init(container: Container) throws {
+        self.container = container
+        // DumpStats has no public memberwise initializer; it is Codable.
+        let json = #"{"freezing_ms": 1.5, "frozen_ms": 42.25, "memdump_ms": 3, "memwrite_ms": 4, "pages_written": 77}"#
+        stats = try JSONDecoder().decode(DumpStats.self, from: Data(json.utf8))
+    }
+
+    func flush() throws {
+        calls.append("flush")
+        if failFlush { throw Injected(at: "flush") }
+    }
+
+    func snapshotVolume(to destination: String) throws {
+        calls.append("snapshot \(destination)")
+        if failSnapshot { throw Injected(at: "snapshot") }
+        try FileManager.default.createDirectory(atPath: destination, withIntermediateDirectories: false)
+        try Data("state at the frozen instant\n".utf8).write(to: URL(fileURLWithPath: "\(destination)/data"))
+    }
+
+    /// Behaves like Checkpointer.dump: CRIU writes images, notifies pre-dump,
+    /// then post-dump while frozen; a throwing notification aborts the dump
+    /// with the handler's error.
+    func dump(imagesDir: String, onPreDump: @escaping () throws -> Void,
+              onPostDump: @escaping () throws -> Void) throws -> DumpStats {
+        calls.append("dump")
+        journalDuringDump = try? String(contentsOfFile: container.journalPath, encoding: .utf8)
+        try onPreDump()
+        if writeInventory {
+            try Data(repeating: 0xAB, count: 1000).write(to: URL(fileURLWithPath: "\(imagesDir)/inventory.img"))
+            try Data(repeating: 0xCD, count: 234).write(to: URL(fileURLWithPath: "\(imagesDir)/pages-1.img"))
+        }
+        if !skipPostDump { try onPostDump() }
+        if failDumpAfterPostDump { throw Injected(at: "criu after post-dump") }
+        return stats
+    }
+
+    func ensureThawed() throws {
+        calls.append("ensureThawed")
+        if failEnsureThawed { throw Injected(at: "thaw") }
+    }
+
+    func deleteVolume(_ path: String) throws {
+        calls.append("deleteVolume \(path)")
+        deletedVolumes.append(path)
+        if failDeleteVolume { throw Injected(at: "deleteVolume") }
+        try FileManager.default.removeItem(atPath: path)
+    }
+
+    func isVolume(_ path: String) -> Bool { Sys.isDirectory(path) }
+}
+
+final class TakeTests: XCTestCase {
+    var tmp: TempDir!
+    var store: Store!
+    var c: Container!
+
+    override func setUpWithError() throws {
+        tmp = try TempDir()
+        let root = "\(tmp.path)/store"
+        store = Store(path: root, root: root, id: "0000beef", backend: FakeBackend(), usesImage: false)
+        c = try Container(store: store, name: "web")
+        try FileManager.default.createDirectory(atPath: c.dir, withIntermediateDirectories: true)
+    }
+
+    override func tearDown() {
+        store = nil
+        c = nil
+        tmp = nil
+    }
+
+    func take(_ steps: FakeTakeSteps, tag: String? = nil) throws -> TakeResult {
+        try Take.run(container: c, tag: tag, steps: steps) { number, stats in
+            Manifest(id: "web@\(number)", container: "web", number: number, tag: tag,
+                     created: Date(timeIntervalSince1970: 1_700_000_000), kind: .overlay, backend: "fake",
+                     log_pipe: "pipe:[1]", init_pid_ns: 1, criu_version: "4.2.1", stats: stats)
+        }
+    }
+
+    func entries(_ dir: String) -> [String] {
+        ((try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? []).sorted()
+    }
+
+    var nextID: String? { try? String(contentsOfFile: c.nextIDPath, encoding: .utf8) }
+
+    // MARK: success
+
+    func testSuccessfulTakeLeavesACompleteSnapshot() throws {
+        let steps = try FakeTakeSteps(container: c)
+        let r = try take(steps, tag: "v1")
+
+        XCTAssertEqual(r.id, "web@1")
+        XCTAssertEqual(r.container, "web")
+        XCTAssertEqual(r.tag, "v1")
+        XCTAssertEqual(r.criu, steps.stats)
+        XCTAssertEqual(r.stats.frozen_ms, 42.25, "frozen time is CRIU's")
+        XCTAssertEqual(r.stats.images_bytes, 1234, "bytes of the images written")
+        XCTAssertGreaterThanOrEqual(r.stats.dump_ms, r.stats.fs_snapshot_ms)
+
+        XCTAssertEqual(entries(c.snapshotsDir), ["1"], "no staging directory is left")
+        XCTAssertTrue(Sys.exists("\(c.snapshotDir(1))/manifest.json"))
+        XCTAssertTrue(Sys.exists("\(c.snapshotDir(1))/images/inventory.img"))
+        XCTAssertTrue(Sys.exists("\(c.snapshotDir(1))/fs/data"), "the fs snapshot moved with the staging dir")
+        XCTAssertFalse(Sys.exists(c.journalPath), "the journal entry is ended")
+        XCTAssertEqual(nextID, "2\n")
+        XCTAssertEqual(c.nextNumber(), 2)
+
+        let m = try c.manifest(1)
+        XCTAssertEqual(m.id, "web@1")
+        XCTAssertEqual(m.tag, "v1")
+        XCTAssertEqual(m.stats, r.stats)
+        XCTAssertEqual(c.snapshotNumbers(), [1])
+    }
+
+    func testFlushComesBeforeTheSnapshotWhichComesInsideTheDump() throws {
+        let steps = try FakeTakeSteps(container: c)
+        _ = try take(steps)
+        let staging = "\(c.snapshotsDir)/.staging-1"
+        XCTAssertEqual(steps.calls, ["dump", "flush", "snapshot \(staging)/fs", "ensureThawed"])
+    }
+
+    func testJournalNamesTheStagingDirectoryWhileCriuRuns() throws {
+        let steps = try FakeTakeSteps(container: c)
+        _ = try take(steps)
+        let journal = try XCTUnwrap(steps.journalDuringDump, "a journal entry exists during the dump")
+        XCTAssertTrue(journal.contains("\"op\" : \"take\""), journal)
+        XCTAssertTrue(journal.contains(".staging-1"), journal)
+    }
+
+    // MARK: failures
+
+    /// Asserts that a failed take left nothing behind and the tasks were thawed.
+    func assertNothingLeft(_ steps: FakeTakeSteps, nextIDBefore: String?, number: Int = 1,
+                           file: StaticString = #filePath, line: UInt = #line) {
+        let left = entries(c.snapshotsDir)
+        XCTAssertFalse(left.contains(".staging-\(number)"), "staging left: \(left)", file: file, line: line)
+        XCTAssertFalse(left.contains("\(number)"), "snapshot left: \(left)", file: file, line: line)
+        XCTAssertFalse(Sys.exists(c.journalPath), "journal left", file: file, line: line)
+        XCTAssertTrue(steps.calls.contains("ensureThawed"), "tasks not thawed: \(steps.calls)", file: file, line: line)
+        XCTAssertEqual(nextID, nextIDBefore, "next-id changed", file: file, line: line)
+    }
+
+    func testFailingSnapshotInPostDumpDiscardsEverything() throws {
+        let steps = try FakeTakeSteps(container: c)
+        steps.failSnapshot = true
+        XCTAssertThrowsError(try take(steps)) { error in
+            XCTAssertEqual(error as? FakeTakeSteps.Injected, .init(at: "snapshot"), "the original error: \(error)")
+        }
+        assertNothingLeft(steps, nextIDBefore: nil)
+        XCTAssertEqual(c.nextNumber(), 1)
+        XCTAssertEqual(c.snapshotNumbers(), [])
+    }
+
+    func testFailingFlushInPreDumpDiscardsEverything() throws {
+        let steps = try FakeTakeSteps(container: c)
+        steps.failFlush = true
+        XCTAssertThrowsError(try take(steps)) { error in
+            XCTAssertEqual(error as? FakeTakeSteps.Injected, .init(at: "flush"))
+        }
+        assertNothingLeft(steps, nextIDBefore: nil)
+        XCTAssertFalse(steps.calls.contains { $0.hasPrefix("snapshot") }, "no snapshot after a failed flush")
+    }
+
+    func testCriuFailingAfterPostDumpRemovesStagingAndTheFsVolume() throws {
+        let steps = try FakeTakeSteps(container: c)
+        steps.failDumpAfterPostDump = true
+        XCTAssertThrowsError(try take(steps)) { error in
+            XCTAssertEqual(error as? FakeTakeSteps.Injected, .init(at: "criu after post-dump"))
+        }
+        assertNothingLeft(steps, nextIDBefore: nil)
+        XCTAssertEqual(steps.deletedVolumes, ["\(c.snapshotsDir)/.staging-1/fs"],
+                       "the fs snapshot is deleted as a volume, not just removed as a tree")
+    }
+
+    func testCriuFinishingWithoutPostDumpIsAFailure() throws {
+        let steps = try FakeTakeSteps(container: c)
+        steps.skipPostDump = true
+        assertCrsnapError(.failed, containing: ["take web", "post-dump"], try take(steps))
+        assertNothingLeft(steps, nextIDBefore: nil)
+    }
+
+    func testMissingInventoryIsAFailure() throws {
+        let steps = try FakeTakeSteps(container: c)
+        steps.writeInventory = false
+        assertCrsnapError(.failed, containing: ["inventory.img"], try take(steps))
+        assertNothingLeft(steps, nextIDBefore: nil)
+        XCTAssertEqual(steps.deletedVolumes.count, 1, "the fs snapshot taken in post-dump is deleted")
+    }
+
+    func testAFailedUndoIsReportedWithTheOriginalError() throws {
+        let steps = try FakeTakeSteps(container: c)
+        steps.failDumpAfterPostDump = true
+        steps.failDeleteVolume = true
+        assertCrsnapError(.failed, containing: ["injected failure at criu after post-dump", "undo left state behind",
+                                                "injected failure at deleteVolume"], try take(steps))
+        XCTAssertTrue(steps.calls.contains("ensureThawed"), "thawing still runs after a failed undo")
+        XCTAssertFalse(Sys.exists(c.journalPath))
+    }
+
+    func testFailureAfterASuccessfulTakeKeepsTheFirstOne() throws {
+        _ = try take(try FakeTakeSteps(container: c))
+        let steps = try FakeTakeSteps(container: c)
+        steps.failSnapshot = true
+        XCTAssertThrowsError(try take(steps))
+        assertNothingLeft(steps, nextIDBefore: "2\n", number: 2)
+        XCTAssertEqual(entries(c.snapshotsDir), ["1"])
+        XCTAssertEqual(c.snapshotNumbers(), [1])
+    }
+
+    // MARK: numbering
+
+    func testNumbersAreNeverReused() throws {
+        let first = try take(try FakeTakeSteps(container: c))
+        XCTAssertEqual(first.id, "web@1")
+        try FileManager.default.removeItem(atPath: c.snapshotDir(1))
+        XCTAssertEqual(c.snapshotNumbers(), [])
+
+        let second = try take(try FakeTakeSteps(container: c))
+        XCTAssertEqual(second.id, "web@2")
+        XCTAssertEqual(entries(c.snapshotsDir), ["2"])
+        XCTAssertEqual(try c.manifest(2).number, 2)
+        XCTAssertEqual(nextID, "3\n")
+    }
+
+    func testNumberingSurvivesALostNextIDFile() throws {
+        _ = try take(try FakeTakeSteps(container: c))
+        _ = try take(try FakeTakeSteps(container: c))
+        try FileManager.default.removeItem(atPath: c.nextIDPath)
+        XCTAssertEqual(c.nextNumber(), 3, "past the highest directory")
+        XCTAssertEqual(try take(try FakeTakeSteps(container: c)).id, "web@3")
+    }
+
+    func testNextNumberIsPastRecordedAndExistingNumbers() throws {
+        try FileManager.default.createDirectory(atPath: c.snapshotDir(4), withIntermediateDirectories: true)
+        XCTAssertEqual(c.nextNumber(), 5)
+        try Data("9\n".utf8).write(to: URL(fileURLWithPath: c.nextIDPath))
+        XCTAssertEqual(c.nextNumber(), 9)
+        // A leftover staging directory's number is not handed out again either.
+        try FileManager.default.createDirectory(atPath: "\(c.snapshotsDir)/.staging-12", withIntermediateDirectories: true)
+        XCTAssertEqual(c.nextNumber(), 13)
+    }
+
+    // MARK: listing and deleting
+
+    func testSnapshotsWithoutAManifestAreNotListed() throws {
+        _ = try take(try FakeTakeSteps(container: c))
+        try FileManager.default.createDirectory(atPath: c.snapshotDir(5), withIntermediateDirectories: true)
+        try FileManager.default.createDirectory(atPath: "\(c.snapshotsDir)/.staging-6", withIntermediateDirectories: true)
+        XCTAssertEqual(c.snapshotNumbers(), [1])
+        XCTAssertEqual(c.manifests().map(\.id), ["web@1"])
+        assertCrsnapError(.notFound, containing: ["web@5", store.path], try c.manifest(5))
+    }
+
+    func testDeleteRemovesTheSnapshotAndItsVolume() throws {
+        _ = try take(try FakeTakeSteps(container: c))
+        _ = try take(try FakeTakeSteps(container: c))
+        try Snapshots.deleteLocked(c, 1)
+        XCTAssertEqual(entries(c.snapshotsDir), ["2"])
+        XCTAssertEqual(c.snapshotNumbers(), [2])
+        XCTAssertEqual(c.nextNumber(), 3)
+    }
+}
