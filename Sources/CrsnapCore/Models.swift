@@ -25,6 +25,18 @@ public struct ContainerState: Codable, Equatable {
     public var updated: Date
 }
 
+/// Why a snapshot was taken.
+public enum SnapshotRole: String, Codable, Sendable, CaseIterable {
+    /// `crsnap take`.
+    case single
+    /// Before a change (`guard`, `take --pre`); a `post` may pair with it.
+    case pre
+    /// After a change that succeeded; `pair` names its `pre`.
+    case post
+    /// Taken by `rollback` just before it replaced the state, so it can be undone.
+    case preRollback = "pre-rollback"
+}
+
 /// A complete snapshot: written last, atomically, only when both halves exist.
 public struct Manifest: Codable, Equatable {
     public struct Stats: Codable, Equatable {
@@ -50,6 +62,14 @@ public struct Manifest: Codable, Equatable {
     public var init_pid_ns: Int32
     public var criu_version: String?
     public var stats: Stats
+    /// nil in manifests from before roles existed: read as `.single`.
+    public var role: SnapshotRole?
+    /// For a `post`: the number of its `pre`.
+    public var pair: Int?
+    /// The tasks were stopped by this take (`take --stop`, rollback's own snapshot).
+    public var stopped: Bool?
+
+    public var snapshotRole: SnapshotRole { role ?? .single }
 }
 
 enum JSON {

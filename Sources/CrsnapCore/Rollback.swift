@@ -5,28 +5,82 @@ import ProcessCR
 import Glibc
 #endif
 
+public struct RollbackResult: Codable {
+    /// The snapshot now running.
+    public var id: String
+    /// The restored init's host pid.
+    public var pid: Int32
+    /// The snapshot rollback took of the state it replaced (for --undo), if it was running.
+    public var pre_rollback: String?
+}
+
+/// What the last rollback replaced, so that `rollback --undo` can go back.
+public enum Undo {
+    struct Record: Codable {
+        var preRollback: Int?
+        var target: Int
+        var at: Date
+    }
+
+    static func path(_ c: Container) -> String { "\(c.dir)/last-rollback.json" }
+
+    /// The pre-rollback snapshot an undo of the last rollback needs, while it exists.
+    public static func needed(_ c: Container) -> Int? {
+        guard let r = try? JSON.read(Record.self, from: path(c)), let n = r.preRollback,
+              c.snapshotNumbers().contains(n) else { return nil }
+        return n
+    }
+}
+
 /// rollback: stop the tasks, put the snapshot's files in place, restore the
 /// tasks from the images taken at the same instant.
 public enum Rollback {
-    /// Returns the host pid of the restored init.
-    public static func rollback(store: Store, id: SnapshotID) throws -> pid_t {
+    /// Rolls back to `id`. A running container is first checkpointed and
+    /// stopped in one step (a "pre-rollback" snapshot), so the rollback can be
+    /// undone and, should the restore fail, the state it replaced comes back.
+    public static func rollback(store: Store, id: SnapshotID, preSnapshot: Bool = true) throws -> RollbackResult {
         let c = try Container(store: store, name: id.container)
         try c.mustExist()
         let lock = try c.lock()
         defer { lock.release() }
         try Recovery.finishInterrupted(c)
-        let m = try c.manifest(id.number)
-        let snapDir = c.snapshotDir(id.number)
-        let images = "\(snapDir)/images"
-        let snapFs = "\(snapDir)/fs"
-        guard store.backend.isVolume(snapFs) else {
-            throw CrsnapError(.failed, "snapshot \(id) is damaged: its filesystem snapshot \(snapFs) is missing; nothing was changed")
+        return try rollbackLocked(c, id.number, preSnapshot: preSnapshot)
+    }
+
+    /// Goes back to the state the last rollback replaced.
+    public static func undo(store: Store, name: String) throws -> RollbackResult {
+        let c = try Container(store: store, name: name)
+        try c.mustExist()
+        let lock = try c.lock()
+        defer { lock.release() }
+        try Recovery.finishInterrupted(c)
+        guard let n = Undo.needed(c) else {
+            throw CrsnapError(.notFound, "container \"\(name)\" has no rollback to undo (none recorded, or its pre-rollback snapshot was deleted)")
         }
-        guard Sys.exists("\(images)/inventory.img") else {
-            throw CrsnapError(.failed, "snapshot \(id) is damaged: \(images)/inventory.img is missing; nothing was changed")
+        return try rollbackLocked(c, n, preSnapshot: true)
+    }
+
+    /// Brings a stopped container back from its newest snapshot (after `take --stop`, or a reboot).
+    public static func resume(store: Store, name: String) throws -> RollbackResult {
+        let c = try Container(store: store, name: name)
+        try c.mustExist()
+        let lock = try c.lock()
+        defer { lock.release() }
+        try Recovery.finishInterrupted(c)
+        if c.isRunning { throw CrsnapError(.conflict, "container \"\(name)\" is running; resume is for a stopped container") }
+        guard let n = c.snapshotNumbers().last else {
+            throw CrsnapError(.notFound, "container \"\(name)\" has no snapshot to resume from")
         }
+        return try rollbackLocked(c, n, preSnapshot: false)
+    }
+
+    static func rollbackLocked(_ c: Container, _ n: Int, preSnapshot: Bool) throws -> RollbackResult {
+        let id = "\(c.name)@\(n)"
+        let m = try c.manifest(n)
+        try checkComplete(c, n)
         let config = try c.config()
         let cg = try c.cgroup()
+        try cg.create()
         _ = try Criu.locate()
 
         // The monitor must live through the kill: it is the parent of the
@@ -37,38 +91,79 @@ public enum Rollback {
         } else {
             try Lifecycle.spawnMonitor(c, idle: true)
         }
+        var pre: Int?
+        if c.isRunning && preSnapshot {
+            do {
+                pre = try Take.takeLocked(c, TakeOptions(role: .preRollback, stop: true)).number
+            } catch {
+                _ = try? MonitorChannel.request(dir: c.dir, "release")
+                throw CrsnapError(.failed, "rollback to \(id): could not snapshot the current state first, nothing was changed: \(error)")
+            }
+        }
+        try cg.killAll()
+        let pid: pid_t
+        do {
+            pid = try restoreInto(c, n, m, config, injectFault: true)
+        } catch {
+            guard let pre else {
+                _ = try? MonitorChannel.request(dir: c.dir, "release")
+                throw CrsnapError(.failed, "\(error)\nthe container's files are as they were before the rollback; its processes were stopped")
+            }
+            let preId = "\(c.name)@\(pre)"
+            do {
+                _ = try restoreInto(c, pre, try c.manifest(pre), config, injectFault: false)
+            } catch let second {
+                _ = try? MonitorChannel.request(dir: c.dir, "release")
+                throw CrsnapError(.failed, "\(error)\nrestoring the state from before the rollback (\(preId)) failed too: \(second)\nthe container is stopped; its files are as before the rollback and \(preId) holds its processes")
+            }
+            throw CrsnapError(.failed, "\(error)\nthe container is back in the state from before the rollback (\(preId)), running")
+        }
+        try? JSON.write(Undo.Record(preRollback: pre, target: n, at: Date()), to: Undo.path(c))
+        return RollbackResult(id: id, pid: pid, pre_rollback: pre.map { "\(c.name)@\($0)" })
+    }
 
+    /// Both halves of snapshot `n` are there.
+    static func checkComplete(_ c: Container, _ n: Int) throws {
+        let snapDir = c.snapshotDir(n)
+        guard c.store.backend.isVolume("\(snapDir)/fs") else {
+            throw CrsnapError(.failed, "snapshot \(c.name)@\(n) is damaged: its filesystem snapshot \(snapDir)/fs is missing; nothing was changed")
+        }
+        guard Sys.exists("\(snapDir)/images/inventory.img") else {
+            throw CrsnapError(.failed, "snapshot \(c.name)@\(n) is damaged: \(snapDir)/images/inventory.img is missing; nothing was changed")
+        }
+    }
+
+    /// With the tasks gone: swap in a writable clone of snapshot `n`'s volume
+    /// and have the monitor restore its images. On failure the previous volume
+    /// is put back and remounted.
+    static func restoreInto(_ c: Container, _ n: Int, _ m: Manifest, _ config: ContainerConfig, injectFault: Bool) throws -> pid_t {
+        let store = c.store
+        let snapDir = c.snapshotDir(n)
         let aside = "\(c.dir)/fs.prev"
         let revert = Revert()
-        revert.push("release the monitor") { _ = try MonitorChannel.request(dir: c.dir, "release") }
-        do {
-            return try revert.run {
-                try cg.killAll()
-                try JSON.write(Journal(op: "rollback", started: Date(), path: aside), to: c.journalPath)
-                revert.push("end journal") { try Sys.unlink(c.journalPath) }
-                if Mounts.isMountPoint(c.rootMount) { try unmountRoot(c) }
-                revert.push("mount the previous root") {
-                    try ContainerRoot.mount(volume: c.volume, kind: config.kind, at: c.rootMount)
-                }
-                // Keep the current files reachable until the restore has succeeded.
-                try Sys.rename(c.volume, aside)
-                revert.push("put the previous volume back") { try Sys.rename(aside, c.volume) }
-                try store.backend.snapshot(snapFs, to: c.volume, readOnly: false)
-                revert.push("delete the new volume") { try store.backend.deleteVolume(c.volume) }
+        return try revert.run {
+            try JSON.write(Journal(op: "rollback", started: Date(), path: aside), to: c.journalPath)
+            revert.push("end journal") { try Sys.unlink(c.journalPath) }
+            if Mounts.isMountPoint(c.rootMount) { try unmountRoot(c) }
+            revert.push("mount the previous root") {
                 try ContainerRoot.mount(volume: c.volume, kind: config.kind, at: c.rootMount)
-                revert.push("unmount the new root") { try unmountRoot(c) }
-                try Faults.check("rollback.restore")
-                let request = ["restore", images, c.rootMount, m.log_pipe, id.description].joined(separator: "\n")
-                let reply = try MonitorChannel.request(dir: c.dir, request)
-                guard reply.hasPrefix("ok "), let pid = pid_t(reply.dropFirst(3)) else {
-                    throw CrsnapError(.failed, "rollback to \(id) failed: \(reply.hasPrefix("err ") ? String(reply.dropFirst(4)) : reply)")
-                }
-                try store.backend.deleteVolume(aside)
-                try Sys.unlink(c.journalPath)
-                return pid
             }
-        } catch {
-            throw CrsnapError(.failed, "\(error)\nthe container's files are as they were before the rollback; its processes were stopped")
+            // Keep the current files reachable until the restore has succeeded.
+            try Sys.rename(c.volume, aside)
+            revert.push("put the previous volume back") { try Sys.rename(aside, c.volume) }
+            try store.backend.snapshot("\(snapDir)/fs", to: c.volume, readOnly: false)
+            revert.push("delete the new volume") { try store.backend.deleteVolume(c.volume) }
+            try ContainerRoot.mount(volume: c.volume, kind: config.kind, at: c.rootMount)
+            revert.push("unmount the new root") { try unmountRoot(c) }
+            if injectFault { try Faults.check("rollback.restore") }
+            let request = ["restore", "\(snapDir)/images", c.rootMount, m.log_pipe, m.id].joined(separator: "\n")
+            let reply = try MonitorChannel.request(dir: c.dir, request)
+            guard reply.hasPrefix("ok "), let pid = pid_t(reply.dropFirst(3)) else {
+                throw CrsnapError(.failed, "rollback to \(m.id) failed: \(reply.hasPrefix("err ") ? String(reply.dropFirst(4)) : reply)")
+            }
+            try store.backend.deleteVolume(aside)
+            try Sys.unlink(c.journalPath)
+            return pid
         }
     }
 

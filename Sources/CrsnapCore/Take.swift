@@ -33,35 +33,81 @@ public protocol TakeSteps: AnyObject {
 public struct TakeResult: Codable {
     public var id: String
     public var container: String
+    public var number: Int
     public var tag: String?
     public var created: Date
     public var stats: Manifest.Stats
     /// CRIU's own figures for the dump.
     public var criu: DumpStats
+    public var role: SnapshotRole = .single
+    public var pair: Int?
+    public var stopped = false
+}
+
+public struct TakeOptions {
+    public var tag: String?
+    public var role: SnapshotRole = .single
+    /// For a post snapshot: the number of its pre.
+    public var pair: Int?
+    /// Checkpoint and stop: the tasks are gone once the snapshot is complete.
+    public var stop = false
+
+    public init(tag: String? = nil, role: SnapshotRole = .single, pair: Int? = nil, stop: Bool = false) {
+        self.tag = tag
+        self.role = role
+        self.pair = pair
+        self.stop = stop
+    }
 }
 
 /// take: one frozen instant for memory and files.
 public enum Take {
     public static func take(store: Store, name: String, tag: String?) throws -> TakeResult {
-        if let tag { try Names.validate(tag, what: "tag") }
+        try take(store: store, name: name, TakeOptions(tag: tag))
+    }
+
+    public static func take(store: Store, name: String, _ o: TakeOptions) throws -> TakeResult {
+        if let tag = o.tag { try Names.validate(tag, what: "tag") }
         let c = try Container(store: store, name: name)
         try c.mustExist()
         let lock = try c.lock()
         defer { lock.release() }
         try Recovery.finishInterrupted(c)
+        if let pre = o.pair {
+            let m = try c.manifest(pre)
+            guard m.snapshotRole == .pre else {
+                throw CrsnapError(.usage, "\(m.id) is not a pre snapshot (it is \(m.snapshotRole.rawValue)); a post pairs with a pre")
+            }
+        }
+        let r = try takeLocked(c, o)
+        Retention.applyAfterTake(c)
+        return r
+    }
+
+    /// take with the container's lock held by the caller.
+    static func takeLocked(_ c: Container, _ o: TakeOptions) throws -> TakeResult {
         let initPid = try c.runningInit()
         let config = try c.config()
-        let state = c.state()!
+        guard let state = c.state() else { throw CrsnapError(.conflict, "container \"\(c.name)\" has no state") }
         let cg = try c.cgroup()
         let criu = try Criu.locate()
         let steps = RealTakeSteps(container: c, criu: criu, initPid: initPid, cgroup: cg)
+        steps.leaveRunning = !o.stop
         let nsPid = Proc.nsPids(initPid).last ?? 0
         let version = try? criu.version()
-        return try run(container: c, tag: tag, steps: steps) { number, stats in
-            Manifest(id: "\(name)@\(number)", container: name, number: number, tag: tag, created: Date(),
-                     kind: config.kind, backend: store.backend.name, log_pipe: state.logPipe,
-                     init_pid_ns: nsPid, criu_version: version?.description, stats: stats)
+        var r = try run(container: c, tag: o.tag, steps: steps) { number, stats in
+            var m = Manifest(id: "\(c.name)@\(number)", container: c.name, number: number, tag: o.tag, created: Date(),
+                             kind: config.kind, backend: c.store.backend.name, log_pipe: state.logPipe,
+                             init_pid_ns: nsPid, criu_version: version?.description, stats: stats)
+            m.role = o.role
+            m.pair = o.pair
+            m.stopped = o.stop ? true : nil
+            return m
         }
+        r.role = o.role
+        r.pair = o.pair
+        r.stopped = o.stop
+        return r
     }
 
     /// The transaction: staging directory, dump with the snapshot inside
@@ -75,7 +121,6 @@ public enum Take {
         let fsSnap = "\(staging)/fs"
         let revert = Revert()
         return try revert.run {
-            revert.push("thaw \(c.name)") { try steps.ensureThawed() }
             try Sys.mkdir(c.snapshotsDir, mode: 0o700, existOK: true)
             try Sys.mkdir(staging, mode: 0o700)
             revert.push("remove \(staging)") {
@@ -85,6 +130,9 @@ public enum Take {
             try JSON.write(Journal(op: "take", started: Date(), path: staging), to: c.journalPath)
             revert.push("end journal") { try Sys.unlink(c.journalPath) }
             try Sys.mkdir(images, mode: 0o700)
+            // Pushed last so that it runs first: never leave the tasks frozen
+            // while cleaning up.
+            revert.push("thaw \(c.name)") { try steps.ensureThawed() }
 
             var fsMs = 0.0
             var snapshotted = false
@@ -117,7 +165,7 @@ public enum Take {
             try Sys.fsyncDirectory(c.snapshotsDir)
             try Sys.writeAtomically(c.nextIDPath, Array("\(number + 1)\n".utf8))
             try Sys.unlink(c.journalPath)
-            return TakeResult(id: m.id, container: c.name, tag: tag, created: m.created, stats: stats, criu: dumpStats)
+            return TakeResult(id: m.id, container: c.name, number: number, tag: tag, created: m.created, stats: stats, criu: dumpStats)
         }
     }
 }
@@ -129,6 +177,7 @@ final class RealTakeSteps: TakeSteps, CriuNotifyHandler {
     let cgroup: FreezerCgroup
     var preDump: (() throws -> Void)?
     var postDump: (() throws -> Void)?
+    var leaveRunning = true
 
     init(container: Container, criu: Criu, initPid: pid_t, cgroup: FreezerCgroup) {
         self.container = container
@@ -147,7 +196,8 @@ final class RealTakeSteps: TakeSteps, CriuNotifyHandler {
               onPostDump: @escaping () throws -> Void) throws -> DumpStats {
         preDump = onPreDump
         postDump = onPostDump
-        let req = DumpRequest(pid: initPid, imagesDir: imagesDir, freezeCgroup: cgroup.path)
+        var req = DumpRequest(pid: initPid, imagesDir: imagesDir, freezeCgroup: cgroup.path)
+        req.leaveRunning = leaveRunning
         return try Checkpointer(criu: criu).dump(req, handler: self)
     }
 

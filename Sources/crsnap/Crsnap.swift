@@ -16,13 +16,16 @@ struct Crsnap: ParsableCommand {
         The store is --store, $CRSNAP_STORE, or /var/lib/crsnap. When it is not
         on btrfs, crsnap makes a btrfs image file in it and loop-mounts it.
 
-        Exit status: 0 success, 1 the operation failed (what was undone is said),
-        3 no such container or snapshot, 4 conflicts with the current state
-        (e.g. not running, already exists), 64 bad input (nothing was changed).
+        Exit status: 0 success; 1 the operation failed (what was undone is said);
+        3 no such container or snapshot; 4 conflicts with the current state
+        (e.g. not running, already exists); 64 bad input (nothing was changed).
+        guard exits with its command's status after rolling back.
         """,
         subcommands: [
             RunCommand.self, PsCommand.self, TakeCommand.self, ListCommand.self, RollbackCommand.self,
+            GuardCommand.self, DiffCommand.self, PruneCommand.self, ResumeCommand.self,
             ExecCommand.self, LogsCommand.self, StopCommand.self, RmCommand.self, DeleteCommand.self,
+            CompletionCommand.self,
             DoctorCommand.self, InitCommand.self, MonitorCommand.self, BenchDumpCommand.self,
         ]
     )

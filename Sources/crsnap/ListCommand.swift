@@ -3,11 +3,34 @@ import CrsnapCore
 import Foundation
 
 struct ListCommand: ParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "list", abstract: "List a container's snapshots.")
+    static let configuration = CommandConfiguration(
+        commandName: "list",
+        abstract: "List a container's snapshots.",
+        discussion: """
+        TYPE is single (take), pre or post (a pair: post(N) names its pre), or
+        pre-rollback (what a rollback replaced; `rollback --undo` returns to it).
+        --json prints one object per snapshot: id, number, type, pair, tag,
+        created, age_seconds, frozen_ms, fs_snapshot_ms, images_bytes, stopped.
+        """
+    )
 
     @OptionGroup var storeOptions: StoreOptions
-    @Flag(help: "Print JSON (the manifests).") var json = false
+    @Flag(help: "Print JSON.") var json = false
     @Argument(help: "Container name.") var name: String
+
+    struct Row: Encodable {
+        var id: String
+        var number: Int
+        var type: String
+        var pair: String?
+        var tag: String?
+        var created: Date
+        var age_seconds: Int
+        var frozen_ms: Double
+        var fs_snapshot_ms: Double
+        var images_bytes: UInt64
+        var stopped: Bool
+    }
 
     func run() throws {
         try reporting {
@@ -15,10 +38,28 @@ struct ListCommand: ParsableCommand {
             let c = try Container(store: try storeOptions.openExisting(), name: name)
             try c.mustExist()
             let ms = c.manifests()
-            if json { return try printJSON(ms) }
-            printTable(["ID", "TAG", "CREATED", "FROZEN(ms)", "SIZE"], ms.map {
-                [$0.id, $0.tag ?? "-", formatDate($0.created), String(format: "%.0f", $0.stats.frozen_ms), formatBytes($0.stats.images_bytes)]
+            // A pre shows the post that pairs with it, and the other way round.
+            var partner: [Int: Int] = [:]
+            for m in ms { if let p = m.pair { partner[m.number] = p; partner[p] = m.number } }
+            let rows = ms.map { m in
+                Row(id: m.id, number: m.number, type: m.snapshotRole.rawValue, pair: partner[m.number].map { "\(name)@\($0)" },
+                    tag: m.tag, created: m.created, age_seconds: Int(Date().timeIntervalSince(m.created)),
+                    frozen_ms: m.stats.frozen_ms, fs_snapshot_ms: m.stats.fs_snapshot_ms,
+                    images_bytes: m.stats.images_bytes, stopped: m.stopped ?? false)
+            }
+            if json { return try printJSON(rows) }
+            printTable(["ID", "TYPE", "TAG", "CREATED", "AGE", "FROZEN(ms)", "SIZE"], rows.map { r in
+                let type = r.pair.map { "\(r.type)(\($0.split(separator: "@").last!))" } ?? r.type
+                return [r.id, type + (r.stopped ? ",stopped" : ""), r.tag ?? "-", formatDate(r.created), formatAge(r.age_seconds),
+                        String(format: "%.0f", r.frozen_ms), formatBytes(r.images_bytes)]
             })
         }
     }
+}
+
+func formatAge(_ s: Int) -> String {
+    if s < 120 { return "\(s)s" }
+    if s < 7200 { return "\(s / 60)m" }
+    if s < 172_800 { return "\(s / 3600)h" }
+    return "\(s / 86400)d"
 }

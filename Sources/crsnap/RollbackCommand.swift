@@ -1,25 +1,61 @@
 import ArgumentParser
 import CrsnapCore
+import Foundation
 
 struct RollbackCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "rollback",
         abstract: "Roll a container's files and processes back to a snapshot.",
         discussion: """
-        Stops the container's processes, replaces its writable volume with a
-        writable clone of the snapshot's, and restores the processes with CRIU,
-        so memory and disk agree again. The replaced volume is kept until the
-        restore has succeeded; if anything fails it is put back.
+        A running container is first checkpointed and stopped in one step (a
+        pre-rollback snapshot, so `rollback --undo NAME` can return to it); then
+        its writable volume is replaced by a writable clone of the snapshot's and
+        the processes are restored with CRIU, so memory and disk agree again.
+        The replaced volume is kept until the restore has succeeded. If the
+        restore fails, the pre-rollback state is restored instead.
+        Works on a stopped container too.
         """
     )
 
     @OptionGroup var storeOptions: StoreOptions
-    @Argument(help: "Snapshot id, NAME@N.") var id: String
+    @Flag(help: "Undo the last rollback of container TARGET: go back to the state it replaced.")
+    var undo = false
+    @Flag(help: "Do not take the pre-rollback snapshot (faster; the rollback cannot be undone).")
+    var noPreSnapshot = false
+    @Flag(help: "Print JSON: id, pid, pre_rollback.") var json = false
+    @Argument(help: ArgumentHelp("Snapshot id NAME@N (with --undo: the container NAME).", valueName: "target"))
+    var target: String
 
     func run() throws {
         try reporting {
-            let sid = try SnapshotID(parsing: id)
-            _ = try Rollback.rollback(store: try storeOptions.openExisting(), id: sid)
+            let store = { try storeOptions.openExisting() }
+            let r: RollbackResult
+            if undo {
+                try Names.validate(target)
+                r = try Rollback.undo(store: try store(), name: target)
+            } else {
+                let sid = try SnapshotID(parsing: target)
+                r = try Rollback.rollback(store: try store(), id: sid, preSnapshot: !noPreSnapshot)
+            }
+            if let pre = r.pre_rollback { Progress.note("replaced state kept as \(pre) (crsnap rollback --undo to return)") }
+            if json { try printJSON(r) }
+        }
+    }
+}
+
+struct ResumeCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "resume",
+        abstract: "Bring a stopped container back from its newest snapshot (after take --stop or a reboot).")
+
+    @OptionGroup var storeOptions: StoreOptions
+    @Argument(help: "Container name.") var name: String
+
+    func run() throws {
+        try reporting {
+            try Names.validate(name)
+            let r = try Rollback.resume(store: try storeOptions.openExisting(), name: name)
+            Progress.note("resumed \(name) from \(r.id)")
         }
     }
 }

@@ -11,12 +11,19 @@ struct TakeCommand: ParsableCommand {
         the tasks are frozen (CRIU's post-dump notification) crsnap snapshots the
         writable volume, so memory and files are from the same instant. The
         container keeps running. Prints the new snapshot id (NAME@N) alone on
-        stdout. On failure no snapshot is listed and the container runs on.
+        stdout; phase timings go to stderr when it is a terminal. On failure no
+        snapshot is listed and the container runs on. A retention policy saved
+        with `crsnap prune NAME --save` is applied after each take.
         """
     )
 
     @OptionGroup var storeOptions: StoreOptions
     @Option(help: "A tag to remember the snapshot by (same rules as names).") var tag: String?
+    @Flag(help: "Checkpoint and stop: the processes are gone once the snapshot is complete (crsnap resume brings them back).")
+    var stop = false
+    @Flag(help: "Mark the snapshot as the pre half of a pre/post pair.") var pre = false
+    @Option(help: ArgumentHelp("Mark the snapshot as the post half paired with this pre snapshot.", valueName: "NAME@N"))
+    var post: String?
     @Flag(help: "Print JSON: id, container, tag, created, stats (frozen_ms, fs_snapshot_ms, dump_ms, images_bytes).")
     var json = false
     @Argument(help: "Container name.") var name: String
@@ -25,7 +32,19 @@ struct TakeCommand: ParsableCommand {
         try reporting {
             try Names.validate(name)
             if let tag { try Names.validate(tag, what: "tag") }
-            let r = try Take.take(store: try storeOptions.openExisting(), name: name, tag: tag)
+            var o = TakeOptions(tag: tag, role: pre ? .pre : .single, stop: stop)
+            if let post {
+                guard !pre else { throw CrsnapError(.usage, "--pre and --post exclude each other") }
+                let sid = try SnapshotID(parsing: post)
+                guard sid.container == name else {
+                    throw CrsnapError(.usage, "--post \(post): the pre snapshot must be of container \(name)")
+                }
+                o.role = .post
+                o.pair = sid.number
+            }
+            let r = try Take.take(store: try storeOptions.openExisting(), name: name, o)
+            Progress.note(String(format: "%@: frozen %.0f ms (fs snapshot %.1f ms), dump %.0f ms, images %@",
+                                 r.id, r.stats.frozen_ms, r.stats.fs_snapshot_ms, r.stats.dump_ms, formatBytes(r.stats.images_bytes)))
             if json { try printJSON(r) } else { print(r.id) }
         }
     }

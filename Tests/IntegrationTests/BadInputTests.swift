@@ -82,8 +82,10 @@ final class BadInputTests: XCTestCase {
         // The container still runs, its remaining snapshot still restores.
         XCTAssertTrue(try crsnapOK(["ps"]).contains(cname))
         try crsnapOK(["rollback", "\(cname)@1"])
-        // Numbers are never reused: the deleted @2 stays gone.
-        XCTAssertEqual(try crsnapOK(["take", cname]).trimmingCharacters(in: .whitespacesAndNewlines), "\(cname)@3")
+        // Numbers are never reused: the deleted @2 stays gone (the rollback's
+        // own pre-rollback snapshot took @3).
+        XCTAssertEqual(try crsnapOK(["take", cname]).trimmingCharacters(in: .whitespacesAndNewlines), "\(cname)@4")
+        XCTAssertFalse(try crsnapOK(["list", cname]).contains("\(cname)@2 "))
     }
 }
 

@@ -87,8 +87,10 @@ final class TakeRollbackTests: XCTestCase {
         let last = counterLines(c.workloadLog).last ?? 0
         XCTAssertTrue(waitFor(10) { (counterLines(c.workloadLog).last ?? 0) > last + 25 })
         try assertNoWorkloadErrors(c.name)
-        let list = try crsnapOK(["list", c.name])
-        XCTAssertEqual(list.split(separator: "\n").count, 21, "header + 20 snapshots:\n\(list)")
+        let list = try crsnapOK(["list", c.name, "--json"])
+        let rows = try JSONSerialization.jsonObject(with: Data(list.utf8)) as! [[String: Any]]
+        XCTAssertEqual(rows.filter { $0["type"] as? String == "single" }.count, 20, "20 takes listed")
+        XCTAssertEqual(rows.filter { $0["type"] as? String == "pre-rollback" }.count, 20, "each rollback kept what it replaced")
         // The unlinked file must not have become visible in the tree.
         let names = (try? FileManager.default.contentsOfDirectory(atPath: "\(c.filesDir)/var/lib/crsnap-workload")) ?? []
         XCTAssertEqual(Set(names), ["log", "h2"], "no leftovers (link_remap, ghost files) in the container's files")
@@ -132,22 +134,28 @@ final class TakeRollbackTests: XCTestCase {
         XCTAssertEqual(try crsnapOK(["take", c.name]).trimmingCharacters(in: .whitespacesAndNewlines), "\(c.name)@2")
     }
 
-    func testFailedRestoreKeepsFiles() throws {
+    func testFailedRestoreComesBackToThePreRollbackState() throws {
         let c = try startWorkload("it-rfault", rootfs: false)
         let id = try crsnapOK(["take", c.name]).trimmingCharacters(in: .whitespacesAndNewlines)
-        usleep(300_000)
+        let snapLast = counterLines(c.snapshotWorkloadLog(1)).last ?? 0
+        usleep(400_000)
         let r = try crsnap(["rollback", id], env: ["CRSNAP_FAULT": "rollback.restore"])
         XCTAssertNotEqual(r.status, 0)
         XCTAssertTrue(r.stderr.contains("rollback.restore"), r.stderr)
-        // The files are the ones from before the rollback: the log runs past the snapshot.
-        let snapLast = counterLines(c.snapshotWorkloadLog(1)).last ?? 0
-        XCTAssertGreaterThan(counterLines(c.workloadLog).last ?? 0, snapLast + 3, "pre-rollback files kept")
+        XCTAssertTrue(r.stderr.contains("\(c.name)@2"), "names the pre-rollback snapshot it went back to: \(r.stderr)")
+        // The container runs the state the rollback replaced: its files run
+        // past the snapshot, its memory agrees with them, and it carries on.
+        let pre = counterLines(c.snapshotWorkloadLog(2)).last ?? 0
+        XCTAssertGreaterThan(pre, snapLast + 3, "pre-rollback files are the later ones")
+        XCTAssertTrue(waitFor(10) { (counterLines(c.workloadLog).last ?? 0) > pre + 5 }, "running again after the failed rollback")
+        assertConsecutive(counterLines(c.workloadLog), "log after the failed rollback")
         XCTAssertFalse(FileManager.default.fileExists(atPath: "\(c.dir)/fs.prev"), "no volume left aside")
         XCTAssertFalse(FileManager.default.fileExists(atPath: "\(c.dir)/journal.json"))
         // A rollback after the failure works.
         try crsnapOK(["rollback", id])
         XCTAssertTrue(waitFor(10) { (counterLines(c.workloadLog).last ?? 0) > snapLast + 5 })
         assertConsecutive(counterLines(c.workloadLog), "log after the second rollback")
+        try assertNoWorkloadErrors(c.name)
     }
 
     func testExecLogsPsStop() throws {
