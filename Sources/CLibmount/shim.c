@@ -74,6 +74,11 @@ static int container_main(void *p) {
     (void)mkdir("/proc", 0555);
     if (mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) != 0)
         fail_child(errfd, CRSNAP_STAGE_MOUNT_PROC);
+    for (const char *const *t = s->tmpfs; t && *t; t++) {
+        (void)mkdir(*t, 0755);
+        if (mount("tmpfs", *t, "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777") != 0)
+            fail_child(errfd, CRSNAP_STAGE_MOUNT_TMPFS);
+    }
     if (s->hostname && sethostname(s->hostname, strlen(s->hostname)) != 0)
         fail_child(errfd, CRSNAP_STAGE_HOSTNAME);
     if (setsid() < 0)

@@ -12,13 +12,17 @@ public struct RunOptions {
     public var rootfs: String?
     public var hostname: String?
     public var env: [String] = []
+    /// Paths inside the container that get a tmpfs (e.g. /tmp, /dev/shm).
+    public var tmpfs: [String] = []
 
-    public init(name: String, command: [String], rootfs: String? = nil, hostname: String? = nil, env: [String] = []) {
+    public init(name: String, command: [String], rootfs: String? = nil, hostname: String? = nil, env: [String] = [],
+                tmpfs: [String] = []) {
         self.name = name
         self.command = command
         self.rootfs = rootfs
         self.hostname = hostname
         self.env = env
+        self.tmpfs = tmpfs
     }
 }
 
@@ -33,6 +37,16 @@ public enum Lifecycle {
         if let h = o.hostname { try Names.validate(h, what: "hostname") }
         for e in o.env where !e.contains("=") || e.hasPrefix("=") {
             throw CrsnapError(.usage, "invalid --env \"\(e)\": expected KEY=VALUE")
+        }
+        for t in o.tmpfs {
+            let parts = t.split(separator: "/")
+            guard t.hasPrefix("/"), !parts.isEmpty, !parts.contains(".."), !parts.contains("."), !t.contains("\0"),
+                  !["proc", "dev"].contains(t) , t != "/proc", !t.hasPrefix("/proc/") else {
+                throw CrsnapError(.usage, "invalid --tmpfs \"\(t)\": expected an absolute path inside the container other than / and /proc, without '.' or '..'")
+            }
+        }
+        if Set(o.tmpfs).count != o.tmpfs.count {
+            throw CrsnapError(.usage, "invalid --tmpfs: a path is given twice")
         }
         if let r = o.rootfs {
             guard r.hasPrefix("/") else { throw CrsnapError(.usage, "invalid --rootfs \"\(r)\": the path must be absolute") }
@@ -57,6 +71,8 @@ public enum Lifecycle {
             try makeVolume(store: store, container: c, rootfs: o.rootfs)
             revert.push("delete volume \(c.volume)") { try store.backend.deleteVolume(c.volume) }
             try ContainerRoot.prepare(volume: c.volume, kind: kind)
+            // A tmpfs mount point must exist in the root before the container starts.
+            for t in o.tmpfs { try ContainerRoot.makeMountPoint(volume: c.volume, kind: kind, path: t) }
             let cg = try c.cgroup()
             try cg.create()
             revert.push("remove cgroup \(cg.path)") { try cg.killAll(); try cg.remove() }
@@ -66,7 +82,8 @@ public enum Lifecycle {
             var env = ContainerSpec.defaultEnv.filter { d in !o.env.contains { $0.split(separator: "=").first == d.split(separator: "=").first } }
             env += o.env
             let config = ContainerConfig(name: o.name, kind: kind, command: o.command, env: env,
-                                         hostname: o.hostname ?? o.name, created: Date(), rootfsSource: o.rootfs)
+                                         hostname: o.hostname ?? o.name, created: Date(), rootfsSource: o.rootfs,
+                                         tmpfs: o.tmpfs.isEmpty ? nil : o.tmpfs)
             try JSON.write(config, to: c.configPath)
             _ = try spawnMonitor(c, idle: false)
         }

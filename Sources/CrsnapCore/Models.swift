@@ -12,6 +12,9 @@ public struct ContainerConfig: Codable, Equatable {
     public var created: Date
     /// The directory a subvolume root was made from (`--rootfs`), if any.
     public var rootfsSource: String?
+    /// Paths inside the container mounted as tmpfs (`--tmpfs`); CRIU dumps
+    /// and restores their contents with the processes.
+    public var tmpfs: [String]?
 }
 
 /// What the monitor says about the running container.

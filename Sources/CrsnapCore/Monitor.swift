@@ -75,6 +75,7 @@ public final class Monitor {
         var spec = ContainerSpec(root: container.rootMount, hostname: config.hostname, argv: config.command,
                                  env: config.env, logFd: pipeW, cgroupProcsFd: procs)
         spec.workdir = "/"
+        spec.tmpfs = config.tmpfs ?? []
         initPid = try Containers.launch(spec)
         try writeState(.running)
     }

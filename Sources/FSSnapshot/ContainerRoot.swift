@@ -55,6 +55,18 @@ public enum ContainerRoot {
         kind == .overlay ? "\(volume)/upper" : volume
     }
 
+    /// Makes sure directory `path` (inside the container) exists in the
+    /// volume, creating missing parents (mode 0755).
+    public static func makeMountPoint(volume: String, kind: RootKind, path: String) throws {
+        // With an overlay, a directory the host has is in the container already.
+        if kind == .overlay && Sys.isDirectory(path) { return }
+        var current = filesDir(volume: volume, kind: kind)
+        for part in path.split(separator: "/") {
+            current += "/\(part)"
+            try Sys.mkdir(current, mode: 0o755, existOK: true)
+        }
+    }
+
     static func makeOpaqueDir(_ path: String, mode: mode_t) throws {
         try Sys.mkdir(path, mode: mode, existOK: true)
         _ = chmod(path, mode)

@@ -25,6 +25,7 @@ public struct LaunchError: Error, CustomStringConvertible {
         case Int32(CRSNAP_STAGE_CHDIR.rawValue): return "changing to the working directory"
         case Int32(CRSNAP_STAGE_EXEC.rawValue): return "executing the command"
         case Int32(CRSNAP_STAGE_CLONE.rawValue): return "clone with new namespaces"
+        case Int32(CRSNAP_STAGE_MOUNT_TMPFS.rawValue): return "mounting a tmpfs"
         default: return "stage \(s)"
         }
     }
@@ -38,6 +39,8 @@ public struct ContainerSpec {
     public var workdir: String = "/"
     public var logFd: Int32
     public var cgroupProcsFd: Int32
+    /// Paths inside the container that get a tmpfs.
+    public var tmpfs: [String] = []
 
     public init(root: String, hostname: String, argv: [String], env: [String], logFd: Int32, cgroupProcsFd: Int32) {
         self.root = root
@@ -65,10 +68,12 @@ public enum Containers {
                 spec.root.withCString { root in
                     spec.hostname.withCString { host in
                         spec.workdir.withCString { wd in
-                            var c = crsnap_container_spec(root: root, hostname: host, argv: argv, envp: envp,
-                                                          workdir: wd, log_fd: spec.logFd,
-                                                          cgroup_procs_fd: spec.cgroupProcsFd)
-                            return crsnap_launch_container(&c, &stage, &err)
+                            withCStrings(spec.tmpfs) { tmpfs in
+                                var c = crsnap_container_spec(root: root, hostname: host, argv: argv, envp: envp,
+                                                              workdir: wd, log_fd: spec.logFd,
+                                                              cgroup_procs_fd: spec.cgroupProcsFd, tmpfs: tmpfs)
+                                return crsnap_launch_container(&c, &stage, &err)
+                            }
                         }
                     }
                 }

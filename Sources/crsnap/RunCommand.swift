@@ -10,7 +10,9 @@ struct RunCommand: ParsableCommand {
         container's changes in a btrfs subvolume above, with a private /tmp and
         /dev. With --rootfs DIR the root is a btrfs subvolume made from DIR (a
         snapshot if DIR is a subvolume on the store, else a reflink copy).
-        The command's stdout and stderr go to the container's log (crsnap logs).
+        --tmpfs PATH mounts a tmpfs there instead (its contents are saved in the
+        CRIU images, copied inside the freeze). The command's stdout and stderr
+        go to the container's log (crsnap logs).
         Prints nothing on success.
         """
     )
@@ -22,6 +24,8 @@ struct RunCommand: ParsableCommand {
     var hostname: String?
     @Option(name: .customLong("env"), help: ArgumentHelp("Set an environment variable (repeatable).", valueName: "KEY=VALUE"))
     var env: [String] = []
+    @Option(help: ArgumentHelp("Mount a tmpfs at this path inside the container (repeatable, e.g. /tmp, /dev/shm); its contents are checkpointed and restored with the processes.", valueName: "path"))
+    var tmpfs: [String] = []
     @Argument(help: "Container name: letters, digits, '-', '_', '.'; no leading dot; at most 64.")
     var name: String
     @Argument(parsing: .postTerminator, help: "The command and its arguments, after --.")
@@ -29,7 +33,7 @@ struct RunCommand: ParsableCommand {
 
     func run() throws {
         try reporting {
-            let o = RunOptions(name: name, command: command, rootfs: rootfs, hostname: hostname, env: env)
+            let o = RunOptions(name: name, command: command, rootfs: rootfs, hostname: hostname, env: env, tmpfs: tmpfs)
             try Lifecycle.validate(o)
             try Lifecycle.run(store: try storeOptions.open(), o)
         }

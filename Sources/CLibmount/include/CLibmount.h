@@ -23,6 +23,7 @@ struct crsnap_container_spec {
     const char *workdir;           // inside the container; "/" when NULL
     int log_fd;                    // becomes fd 1 and 2
     int cgroup_procs_fd;           // the container joins this cgroup ("0" is written), -1: none
+    const char *const *tmpfs;      // mount points (inside) that get a tmpfs; NULL-terminated, may be NULL
 };
 
 /// Where a container launch failed, reported through a close-on-exec pipe.
@@ -41,11 +42,12 @@ enum crsnap_launch_stage {
     CRSNAP_STAGE_CLONE,
     CRSNAP_STAGE_SETNS,
     CRSNAP_STAGE_FORK,
+    CRSNAP_STAGE_MOUNT_TMPFS,
 };
 
 /// Starts the container's init in new mount, pid, uts and ipc namespaces:
 /// private mounts, pivot_root into spec->root, old root detached, /proc mounted,
-/// a new session, stdin from the container's /dev/null, stdout and stderr to
+/// tmpfs mounts, a new session, stdin from the container's /dev/null, stdout and stderr to
 /// log_fd, every other fd closed, then execve.
 /// Returns the host pid, or -1 with *stage and *err set (the child is reaped).
 pid_t crsnap_launch_container(const struct crsnap_container_spec *spec, int *stage, int *err);
