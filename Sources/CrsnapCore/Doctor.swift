@@ -83,6 +83,7 @@ public enum Doctor {
             do {
                 let s = try Store.open(storePath)
                 add("store", .ok, "\(s.root) on \(s.backend.name)" + (s.usesImage ? " (loop-mounted image \(s.path)/\(Store.imageName))" : ""))
+                add("store cost", s.backend.capabilities.contains(.constantTimeSnapshot) ? .ok : .warn, s.costNote)
             } catch {
                 add("store", .fail, "\(error)")
             }

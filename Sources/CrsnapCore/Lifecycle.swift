@@ -189,9 +189,8 @@ public enum Lifecycle {
         try stopLocked(c)
         if Mounts.isMountPoint(c.rootMount) { try Mounts.unmount(c.rootMount, lazy: true) }
         for n in c.snapshotNumbers() { try Snapshots.deleteLocked(c, n) }
-        for entry in (try? FileManager.default.contentsOfDirectory(atPath: c.dir)) ?? []
-            where store.backend.isVolume("\(c.dir)/\(entry)") {
-            try store.backend.deleteVolume("\(c.dir)/\(entry)")
+        for volume in [c.volume, "\(c.dir)/fs.prev"] where store.backend.isVolume(volume) {
+            try store.backend.deleteVolume(volume)
         }
         let staging = (try? FileManager.default.contentsOfDirectory(atPath: c.snapshotsDir)) ?? []
         for entry in staging where store.backend.isVolume("\(c.snapshotsDir)/\(entry)/fs") {

@@ -49,6 +49,9 @@ public struct Manifest: Codable, Equatable {
         /// Wall time of the whole CRIU dump request.
         public var dump_ms: Double
         public var images_bytes: UInt64
+        /// Bytes copied inside the freeze because the store cannot snapshot
+        /// (a copy store); absent on btrfs.
+        public var copied_bytes: UInt64?
     }
 
     public var format: Int = 1

@@ -37,6 +37,17 @@ public final class Store {
     struct Header: Codable {
         var format: Int
         var id: String
+        /// "copy" for a store kept as plain directories on a filesystem
+        /// without subvolumes (`crsnap init --backend copy`); nil: btrfs.
+        var backend: String?
+    }
+
+    /// What `crsnap init --backend` asks for.
+    public enum Kind: String, CaseIterable, Sendable {
+        /// btrfs: the path itself when it is on btrfs, else a loop-mounted btrfs image in it.
+        case btrfs
+        /// Plain directories on the path's own filesystem; snapshots are copies.
+        case copy
     }
 
     init(path: String, root: String, id: String, backend: SnapshotBackend, usesImage: Bool) {
@@ -62,12 +73,27 @@ public final class Store {
 
     /// Opens the store at `path`, creating it (and a btrfs image when the path
     /// is not on btrfs) on first use.
-    public static func open(_ path: String, imageSize: UInt64 = defaultImageSize) throws -> Store {
+    public static func open(_ path: String, imageSize: UInt64 = defaultImageSize, kind: Kind? = nil) throws -> Store {
         if Sys.exists(path) && !Sys.isDirectory(path) {
             throw CrsnapError(.usage, "store path \(path) exists and is not a directory")
         }
         try makeDirectories(path)
         _ = chmod(path, 0o700)
+        let copyHeader = try? JSON.read(Header.self, from: "\(path)/crsnap-store.json")
+        if let copyHeader, copyHeader.backend == Kind.copy.rawValue {
+            if kind == .btrfs { throw CrsnapError(.usage, "store \(path) is a copy store; it cannot become a btrfs store") }
+            try Sys.mkdir("\(path)/containers", mode: 0o700, existOK: true)
+            return Store(path: path, root: path, id: copyHeader.id, backend: CopyBackend(), usesImage: false)
+        }
+        if kind == .copy {
+            if Sys.exists("\(path)/crsnap-store.json") || Sys.exists("\(path)/\(imageName)") {
+                throw CrsnapError(.usage, "store \(path) already exists as a btrfs store")
+            }
+            let header = Header(format: 1, id: String(format: "%08x", UInt32.random(in: 0...UInt32.max)), backend: Kind.copy.rawValue)
+            try JSON.write(header, to: "\(path)/crsnap-store.json")
+            try Sys.mkdir("\(path)/containers", mode: 0o700, existOK: true)
+            return Store(path: path, root: path, id: header.id, backend: CopyBackend(), usesImage: false)
+        }
         var root = path
         var usesImage = false
         if !Btrfs.isBtrfs(path) {
@@ -88,7 +114,7 @@ public final class Store {
                 throw CrsnapError(.failed, "store \(path) has format \(header.format); this crsnap reads format 1")
             }
         } else {
-            header = Header(format: 1, id: String(format: "%08x", UInt32.random(in: 0...UInt32.max)))
+            header = Header(format: 1, id: String(format: "%08x", UInt32.random(in: 0...UInt32.max)), backend: nil)
             try Sys.writeAtomically(headerPath, Array(try JSONEncoder().encode(header)))
         }
         try Sys.mkdir("\(root)/containers", mode: 0o700, existOK: true)
@@ -130,6 +156,13 @@ public final class Store {
         } catch {
             throw CrsnapError(.failed, "mounting the store image \(image) at \(mountPoint): \(error)")
         }
+    }
+
+    /// What one take costs on this store, for `crsnap doctor`.
+    public var costNote: String {
+        backend.capabilities.contains(.constantTimeSnapshot)
+            ? "a take's filesystem snapshot is O(1) (\(backend.name) snapshot), whatever the data size"
+            : "no subvolumes here: every take copies the container's writable files inside the freeze (reflinks where the filesystem has them, else the bytes); use btrfs for O(1) snapshots"
     }
 
     /// Opens an existing store without creating anything (for read-only commands).

@@ -156,8 +156,11 @@ public enum Take {
                 throw CrsnapError(.failed, "take \(c.name): CRIU wrote no inventory.img in \(images)")
             }
             try Faults.check("take.manifest")
-            let stats = Manifest.Stats(frozen_ms: dumpStats.frozenMs, fs_snapshot_ms: fsMs, dump_ms: dumpMs,
+            var stats = Manifest.Stats(frozen_ms: dumpStats.frozenMs, fs_snapshot_ms: fsMs, dump_ms: dumpMs,
                                        images_bytes: Sys.treeSize(images))
+            if !c.store.backend.capabilities.contains(.constantTimeSnapshot) {
+                stats.copied_bytes = Sys.treeSize(fsSnap)
+            }
             let m = manifest(number, stats)
             try JSON.write(m, to: "\(staging)/manifest.json")
             let final = c.snapshotDir(number)

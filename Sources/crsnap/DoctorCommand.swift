@@ -29,16 +29,27 @@ struct DoctorCommand: ParsableCommand {
 struct InitCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "init",
-        abstract: "Create the store now (otherwise the first run does); prints where its btrfs root is.")
+        abstract: "Create the store now (otherwise the first run does); prints where its root is.",
+        discussion: """
+        --backend btrfs (the default) uses the store path itself when it is on
+        btrfs, else makes a btrfs image file in it and loop-mounts it: snapshots
+        are O(1). --backend copy keeps plain directories on the path's own
+        filesystem (ext4, xfs): every take copies the container's writable files
+        inside the freeze (reflinks where the filesystem has them).
+        """)
 
     @OptionGroup var storeOptions: StoreOptions
+    @Option(help: "btrfs or copy.") var backend: String = "btrfs"
     @Flag(help: "Print JSON.") var json = false
 
     struct Out: Encodable { var store: String; var root: String; var backend: String; var image: Bool }
 
     func run() throws {
         try reporting {
-            let s = try storeOptions.open()
+            guard let kind = Store.Kind(rawValue: backend) else {
+                throw CrsnapError(.usage, "invalid --backend \"\(backend)\": expected btrfs or copy")
+            }
+            let s = try Store.open(try Store.resolvePath(storeOptions.store), kind: kind)
             if json {
                 try printJSON(Out(store: s.path, root: s.root, backend: s.backend.name, image: s.usesImage))
             } else {

@@ -113,3 +113,49 @@ final class StoreImageTests: XCTestCase {
         XCTAssertEqual((attrs[.posixPermissions] as? NSNumber)?.intValue, 0o700, "the store is root-only")
     }
 }
+
+/// A store on a filesystem without subvolumes (ext4 on a loop image): the
+/// overlay root still works, snapshots are copies, and take says how much.
+final class CopyStoreTests: XCTestCase {
+    func testExt4StoreCopiesAndRollsBack() throws {
+        try Env.require()
+        let dir = "/var/tmp/crsnap-it-ext4-\(getpid())"
+        let mnt = "\(dir)/mnt"
+        try FileManager.default.createDirectory(atPath: mnt, withIntermediateDirectories: true)
+        defer {
+            _ = try? crsnap(["rm", "--force", "e"], store: "\(mnt)/store")
+            try? Mounts.unmount(mnt, lazy: true)
+            try? FileManager.default.removeItem(atPath: dir)
+        }
+        XCTAssertTrue(FileManager.default.createFile(atPath: "\(dir)/ext4.img", contents: nil))
+        XCTAssertEqual(truncate("\(dir)/ext4.img", 1 << 30), 0)
+        try Program.run(["mkfs.ext4", "-q", "-F", "\(dir)/ext4.img"])
+        try Mounts.mount(source: "\(dir)/ext4.img", target: mnt, type: "ext4", options: "loop")
+        let store = "\(mnt)/store"
+        let initOut = try crsnap(["init", "--backend", "copy", "--json"], store: store)
+        XCTAssertEqual(initOut.status, 0, initOut.stderr)
+        XCTAssertTrue(initOut.stdout.contains("\"backend\" : \"copy\""), initOut.stdout)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: "\(store)/btrfs.img"), "no btrfs image on a copy store")
+        let doctor = try crsnap(["doctor"], store: store)
+        XCTAssertTrue(doctor.stdout.contains("copies the container's writable files inside the freeze"), doctor.stdout)
+
+        XCTAssertEqual(try crsnap(["run", "e", "--env", "UNLINKED_MIB=1", "--", "python3", "-c", workloadSource], store: store).status, 0)
+        let log = "\(store)/containers/e/fs/upper/var/lib/crsnap-workload/log"
+        XCTAssertTrue(waitFor(20) { counterLines(log).count >= 5 })
+        let take = try crsnap(["take", "e", "--json"], store: store)
+        XCTAssertEqual(take.status, 0, take.stderr)
+        let stats = (try JSONSerialization.jsonObject(with: Data(take.stdout.utf8)) as! [String: Any])["stats"] as! [String: Any]
+        XCTAssertGreaterThan((stats["copied_bytes"] as? NSNumber)?.intValue ?? 0, 0, "take reports the bytes it copied: \(stats)")
+        let snapLast = counterLines("\(store)/containers/e/snapshots/1/fs/upper/var/lib/crsnap-workload/log").last ?? 0
+        XCTAssertGreaterThan(snapLast, 0)
+        usleep(300_000)
+        let rb = try crsnap(["rollback", "e@1"], store: store)
+        XCTAssertEqual(rb.status, 0, rb.stderr)
+        XCTAssertTrue(waitFor(10) { (counterLines(log).last ?? 0) > snapLast + 5 })
+        let lines = counterLines(log)
+        XCTAssertEqual(lines, Array(1...lines.count), "memory agrees with the copied files")
+        let bad = try crsnap(["init", "--backend", "zfs"], store: store)
+        XCTAssertEqual(bad.status, 64)
+        XCTAssertTrue(bad.stderr.contains("zfs"), bad.stderr)
+    }
+}
