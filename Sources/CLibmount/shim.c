@@ -61,6 +61,10 @@ static int container_main(void *p) {
         fail_child(errfd, CRSNAP_STAGE_MOUNT_PRIVATE);
     if (mount(s->root, s->root, NULL, MS_BIND, NULL) != 0)
         fail_child(errfd, CRSNAP_STAGE_BIND_ROOT);
+    for (int i = 0; s->bind_sources && s->bind_sources[i]; i++) {
+        if (mount(s->bind_sources[i], s->bind_targets[i], NULL, MS_BIND | MS_REC, NULL) != 0)
+            fail_child(errfd, CRSNAP_STAGE_BIND_VOLUME);
+    }
     if (chdir(s->root) != 0)
         fail_child(errfd, CRSNAP_STAGE_PIVOT_ROOT);
     // pivot_root(".", ".") stacks the old root on top of the new one;

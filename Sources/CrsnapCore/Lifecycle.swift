@@ -14,6 +14,8 @@ public struct RunOptions {
     public var env: [String] = []
     /// Paths inside the container that get a tmpfs (e.g. /tmp, /dev/shm).
     public var tmpfs: [String] = []
+    /// "HOST:CONTAINER" bind mounts.
+    public var volumes: [String] = []
 
     public init(name: String, command: [String], rootfs: String? = nil, hostname: String? = nil, env: [String] = [],
                 tmpfs: [String] = []) {
@@ -45,6 +47,16 @@ public enum Lifecycle {
                 throw CrsnapError(.usage, "invalid --tmpfs \"\(t)\": expected an absolute path inside the container other than / and /proc, without '.' or '..'")
             }
         }
+        var seen = Set(o.tmpfs)
+        for v in o.volumes {
+            let (host, ctr) = try parseVolume(v)
+            guard Sys.isDirectory(host) else {
+                throw CrsnapError(.usage, "invalid --volume \"\(v)\": \(host) is not a directory")
+            }
+            guard seen.insert(ctr).inserted else {
+                throw CrsnapError(.usage, "invalid --volume \"\(v)\": \(ctr) is already a mount point of this container")
+            }
+        }
         if Set(o.tmpfs).count != o.tmpfs.count {
             throw CrsnapError(.usage, "invalid --tmpfs: a path is given twice")
         }
@@ -52,6 +64,22 @@ public enum Lifecycle {
             guard r.hasPrefix("/") else { throw CrsnapError(.usage, "invalid --rootfs \"\(r)\": the path must be absolute") }
             guard Sys.isDirectory(r) else { throw CrsnapError(.usage, "invalid --rootfs \"\(r)\": not a directory") }
         }
+    }
+
+    /// "HOST:CONTAINER", both absolute, CONTAINER not / or under /proc.
+    static func parseVolume(_ v: String) throws -> (String, String) {
+        let parts = v.split(separator: ":", omittingEmptySubsequences: false).map(String.init)
+        func bad(_ why: String) -> CrsnapError { CrsnapError(.usage, "invalid --volume \"\(v)\": \(why)") }
+        guard parts.count == 2 else { throw bad("expected HOST:CONTAINER") }
+        for p in parts {
+            let comps = p.split(separator: "/")
+            guard p.hasPrefix("/"), !comps.contains(".."), !comps.contains("."), !p.contains("\0") else {
+                throw bad("paths must be absolute, without '.' or '..'")
+            }
+        }
+        let ctr = (parts[1] as NSString).standardizingPath
+        guard ctr != "/", ctr != "/proc", !ctr.hasPrefix("/proc/") else { throw bad("cannot mount over / or /proc") }
+        return ((parts[0] as NSString).standardizingPath, ctr)
     }
 
     /// Creates the container and starts its command under a monitor.
@@ -73,6 +101,15 @@ public enum Lifecycle {
             try ContainerRoot.prepare(volume: c.volume, kind: kind)
             // A tmpfs mount point must exist in the root before the container starts.
             for t in o.tmpfs { try ContainerRoot.makeMountPoint(volume: c.volume, kind: kind, path: t) }
+            var volumes: [Volume] = []
+            for (i, v) in o.volumes.enumerated() {
+                let (host, ctr) = try parseVolume(v)
+                try ContainerRoot.makeMountPoint(volume: c.volume, kind: kind, path: ctr)
+                // A btrfs subvolume on the store's filesystem is snapshotted with
+                // the rest; anything else is declared to CRIU and left alone.
+                let snap = store.backend is BtrfsBackend && Btrfs.isSubvolume(host) && sameFilesystem(host, store.root)
+                volumes.append(Volume(host: host, container: ctr, key: "vol\(i)", snapshotted: snap))
+            }
             let cg = try c.cgroup()
             try cg.create()
             revert.push("remove cgroup \(cg.path)") { try cg.killAll(); try cg.remove() }
@@ -83,7 +120,7 @@ public enum Lifecycle {
             env += o.env
             let config = ContainerConfig(name: o.name, kind: kind, command: o.command, env: env,
                                          hostname: o.hostname ?? o.name, created: Date(), rootfsSource: o.rootfs,
-                                         tmpfs: o.tmpfs.isEmpty ? nil : o.tmpfs)
+                                         tmpfs: o.tmpfs.isEmpty ? nil : o.tmpfs, volumes: volumes.isEmpty ? nil : volumes)
             try JSON.write(config, to: c.configPath)
             _ = try spawnMonitor(c, idle: false)
         }
@@ -108,10 +145,13 @@ public enum Lifecycle {
         }
     }
 
+    /// Both paths are on the same btrfs filesystem (so one can be snapshotted
+    /// into the other). statfs's fsid differs per subvolume on btrfs, so the
+    /// mount table's source device decides.
     static func sameFilesystem(_ a: String, _ b: String) -> Bool {
-        var sa = statfs(), sb = statfs()
-        guard statfs(a, &sa) == 0, statfs(b, &sb) == 0 else { return false }
-        return withUnsafeBytes(of: sa.f_fsid) { x in withUnsafeBytes(of: sb.f_fsid) { y in x.elementsEqual(y) } }
+        guard Btrfs.isBtrfs(a), Btrfs.isBtrfs(b),
+              let ma = Mounts.mountContaining(a), let mb = Mounts.mountContaining(b) else { return false }
+        return ma.source == mb.source
     }
 
     static func selfExecutable() throws -> String {

@@ -15,6 +15,19 @@ public struct ContainerConfig: Codable, Equatable {
     /// Paths inside the container mounted as tmpfs (`--tmpfs`); CRIU dumps
     /// and restores their contents with the processes.
     public var tmpfs: [String]?
+    /// Host directories bind-mounted into the container (`--volume`).
+    public var volumes: [Volume]?
+}
+
+/// A host directory bind-mounted into a container. CRIU sees it as an
+/// external mount (`key`). Its contents are rolled back only when it is a
+/// btrfs subvolume on the store's filesystem: then it is snapshotted in the
+/// same frozen instant as everything else.
+public struct Volume: Codable, Equatable {
+    public var host: String
+    public var container: String
+    public var key: String
+    public var snapshotted: Bool
 }
 
 /// What the monitor says about the running container.
@@ -74,6 +87,8 @@ public struct Manifest: Codable, Equatable {
     public var pair: Int?
     /// The tasks were stopped by this take (`take --stop`, rollback's own snapshot).
     public var stopped: Bool?
+    /// The container's volumes at the time; `snapshotted` ones are in volumes/KEY.
+    public var volumes: [Volume]?
 
     public var snapshotRole: SnapshotRole { role ?? .single }
 }

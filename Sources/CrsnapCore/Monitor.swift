@@ -76,6 +76,7 @@ public final class Monitor {
                                  env: config.env, logFd: pipeW, cgroupProcsFd: procs)
         spec.workdir = "/"
         spec.tmpfs = config.tmpfs ?? []
+        spec.binds = (config.volumes ?? []).map { (source: $0.host, target: $0.container) }
         initPid = try Containers.launch(spec)
         try writeState(.running)
     }
@@ -182,6 +183,7 @@ public final class Monitor {
             let criu = try Criu.locate()
             var req = RestoreRequest(imagesDir: images, root: root)
             if !pipeKey.isEmpty { req.inheritFds = [(key: pipeKey, fd: pipeW)] }
+            req.external = (config.volumes ?? []).map { "mnt[\($0.key)]:\($0.host)" }
             let cg = cgroup
             let pid = try Checkpointer(criu: criu).restore(req) { criuPid in try cg.add(criuPid) }
             initPid = pid

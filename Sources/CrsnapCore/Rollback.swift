@@ -155,6 +155,20 @@ public enum Rollback {
             revert.push("delete the new volume") { try store.backend.deleteVolume(c.volume) }
             try ContainerRoot.mount(volume: c.volume, kind: config.kind, at: c.rootMount)
             revert.push("unmount the new root") { try unmountRoot(c) }
+            // Volumes snapshotted with this snapshot go back too; the replaced
+            // ones stay beside them until the restore has succeeded.
+            var replaced: [String] = []
+            for v in m.volumes ?? [] where v.snapshotted {
+                let saved = "\(snapDir)/volumes/\(v.key)"
+                guard store.backend.isVolume(saved) else { continue }
+                let prev = "\(v.host).crsnap-prev"
+                if store.backend.isVolume(prev) { try store.backend.deleteVolume(prev) }
+                try Sys.rename(v.host, prev)
+                revert.push("put volume \(v.host) back") { try Sys.rename(prev, v.host) }
+                try store.backend.snapshot(saved, to: v.host, readOnly: false)
+                revert.push("delete the new volume \(v.host)") { try store.backend.deleteVolume(v.host) }
+                replaced.append(prev)
+            }
             if injectFault { try Faults.check("rollback.restore") }
             let request = ["restore", "\(snapDir)/images", c.rootMount, m.log_pipe, m.id].joined(separator: "\n")
             let reply = try MonitorChannel.request(dir: c.dir, request)
@@ -162,6 +176,7 @@ public enum Rollback {
                 throw CrsnapError(.failed, "rollback to \(m.id) failed: \(reply.hasPrefix("err ") ? String(reply.dropFirst(4)) : reply)")
             }
             try store.backend.deleteVolume(aside)
+            for prev in replaced { try store.backend.deleteVolume(prev) }
             try Sys.unlink(c.journalPath)
             return pid
         }
@@ -186,8 +201,7 @@ enum Recovery {
         case "take":
             // A take that did not finish is not listed (no manifest in place):
             // drop its staging directory.
-            if backend.isVolume("\(j.path)/fs") { try backend.deleteVolume("\(j.path)/fs") }
-            try Sys.removeTree(j.path)
+            try Snapshots.removeSnapshotDir(backend, j.path)
             if let cg = try? c.cgroup(), cg.exists, cg.state() != "THAWED" { try cg.thaw() }
         case "rollback":
             // The previous volume is kept aside until the restore succeeded: if

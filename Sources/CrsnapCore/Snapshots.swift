@@ -18,8 +18,15 @@ public enum Snapshots {
         let dir = c.snapshotDir(n)
         try Sys.unlink("\(dir)/manifest.json")
         try Sys.fsyncDirectory(dir)
-        if c.store.backend.isVolume("\(dir)/fs") {
-            try c.store.backend.deleteVolume("\(dir)/fs")
+        try removeSnapshotDir(c.store.backend, dir)
+    }
+
+    /// Deletes a snapshot (or staging) directory with its subvolumes.
+    static func removeSnapshotDir(_ backend: SnapshotBackend, _ dir: String) throws {
+        if backend.isVolume("\(dir)/fs") { try backend.deleteVolume("\(dir)/fs") }
+        let volumes = "\(dir)/volumes"
+        for v in (try? FileManager.default.contentsOfDirectory(atPath: volumes)) ?? [] where backend.isVolume("\(volumes)/\(v)") {
+            try backend.deleteVolume("\(volumes)/\(v)")
         }
         try Sys.removeTree(dir)
     }

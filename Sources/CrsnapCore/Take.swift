@@ -93,6 +93,7 @@ public enum Take {
         let criu = try Criu.locate()
         let steps = RealTakeSteps(container: c, criu: criu, initPid: initPid, cgroup: cg)
         steps.leaveRunning = !o.stop
+        steps.volumes = config.volumes ?? []
         let nsPid = Proc.nsPids(initPid).last ?? 0
         let version = try? criu.version()
         var r = try run(container: c, tag: o.tag, steps: steps) { number, stats in
@@ -102,6 +103,7 @@ public enum Take {
             m.role = o.role
             m.pair = o.pair
             m.stopped = o.stop ? true : nil
+            m.volumes = config.volumes
             return m
         }
         r.role = o.role
@@ -125,6 +127,10 @@ public enum Take {
             try Sys.mkdir(staging, mode: 0o700)
             revert.push("remove \(staging)") {
                 if steps.isVolume(fsSnap) { try steps.deleteVolume(fsSnap) }
+                let volumes = "\(staging)/volumes"
+                for v in (try? FileManager.default.contentsOfDirectory(atPath: volumes)) ?? [] where steps.isVolume("\(volumes)/\(v)") {
+                    try steps.deleteVolume("\(volumes)/\(v)")
+                }
                 try Sys.removeTree(staging)
             }
             try JSON.write(Journal(op: "take", started: Date(), path: staging), to: c.journalPath)
@@ -181,6 +187,7 @@ final class RealTakeSteps: TakeSteps, CriuNotifyHandler {
     var preDump: (() throws -> Void)?
     var postDump: (() throws -> Void)?
     var leaveRunning = true
+    var volumes: [Volume] = []
 
     init(container: Container, criu: Criu, initPid: pid_t, cgroup: FreezerCgroup) {
         self.container = container
@@ -192,7 +199,14 @@ final class RealTakeSteps: TakeSteps, CriuNotifyHandler {
     func flush() throws { try Sys.syncfs(container.volume) }
 
     func snapshotVolume(to destination: String) throws {
-        try container.store.backend.snapshot(container.volume, to: destination, readOnly: true)
+        let backend = container.store.backend
+        try backend.snapshot(container.volume, to: destination, readOnly: true)
+        // Volumes that are subvolumes on the store go into the same instant.
+        let dir = "\((destination as NSString).deletingLastPathComponent)/volumes"
+        for v in volumes where v.snapshotted {
+            try Sys.mkdir(dir, mode: 0o700, existOK: true)
+            try backend.snapshot(v.host, to: "\(dir)/\(v.key)", readOnly: true)
+        }
     }
 
     func dump(imagesDir: String, onPreDump: @escaping () throws -> Void,
@@ -201,6 +215,8 @@ final class RealTakeSteps: TakeSteps, CriuNotifyHandler {
         postDump = onPostDump
         var req = DumpRequest(pid: initPid, imagesDir: imagesDir, freezeCgroup: cgroup.path)
         req.leaveRunning = leaveRunning
+        // Bind mounts from the host are external to CRIU: "mnt[PATH]:KEY".
+        req.external = volumes.map { "mnt[\($0.container)]:\($0.key)" }
         return try Checkpointer(criu: criu).dump(req, handler: self)
     }
 

@@ -32,6 +32,8 @@ public struct RestoreRequest {
     /// (key, fd) pairs: CRIU hands `fd` to the restored tree in place of the
     /// file the images call `key` (e.g. "pipe:[1234]").
     public var inheritFds: [(key: String, fd: Int32)] = []
+    /// CRIU external resources, e.g. "mnt[KEY]:/host/dir" for a bind mount.
+    public var external: [String] = []
 
     public init(imagesDir: String, root: String) {
         self.imagesDir = imagesDir
@@ -112,6 +114,7 @@ public struct Checkpointer {
         o.logFile = Checkpointer.restoreLog
         o.root = r.root
         o.rstSibling = true
+        o.external = r.external
         for (i, inherit) in r.inheritFds.enumerated() {
             var f = CriuInheritFd()
             f.key = inherit.key

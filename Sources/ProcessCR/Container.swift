@@ -26,6 +26,7 @@ public struct LaunchError: Error, CustomStringConvertible {
         case Int32(CRSNAP_STAGE_EXEC.rawValue): return "executing the command"
         case Int32(CRSNAP_STAGE_CLONE.rawValue): return "clone with new namespaces"
         case Int32(CRSNAP_STAGE_MOUNT_TMPFS.rawValue): return "mounting a tmpfs"
+        case Int32(CRSNAP_STAGE_BIND_VOLUME.rawValue): return "bind-mounting a volume"
         default: return "stage \(s)"
         }
     }
@@ -41,6 +42,8 @@ public struct ContainerSpec {
     public var cgroupProcsFd: Int32
     /// Paths inside the container that get a tmpfs.
     public var tmpfs: [String] = []
+    /// (host directory, path inside the container) bind mounts.
+    public var binds: [(source: String, target: String)] = []
 
     public init(root: String, hostname: String, argv: [String], env: [String], logFd: Int32, cgroupProcsFd: Int32) {
         self.root = root
@@ -69,10 +72,15 @@ public enum Containers {
                     spec.hostname.withCString { host in
                         spec.workdir.withCString { wd in
                             withCStrings(spec.tmpfs) { tmpfs in
-                                var c = crsnap_container_spec(root: root, hostname: host, argv: argv, envp: envp,
-                                                              workdir: wd, log_fd: spec.logFd,
-                                                              cgroup_procs_fd: spec.cgroupProcsFd, tmpfs: tmpfs)
-                                return crsnap_launch_container(&c, &stage, &err)
+                                withCStrings(spec.binds.map(\.source)) { sources in
+                                    withCStrings(spec.binds.map { spec.root + $0.target }) { targets in
+                                        var c = crsnap_container_spec(root: root, hostname: host, argv: argv, envp: envp,
+                                                                      workdir: wd, log_fd: spec.logFd,
+                                                                      cgroup_procs_fd: spec.cgroupProcsFd, tmpfs: tmpfs,
+                                                                      bind_sources: sources, bind_targets: targets)
+                                        return crsnap_launch_container(&c, &stage, &err)
+                                    }
+                                }
                             }
                         }
                     }

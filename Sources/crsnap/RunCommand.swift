@@ -26,6 +26,8 @@ struct RunCommand: ParsableCommand {
     var env: [String] = []
     @Option(help: ArgumentHelp("Mount a tmpfs at this path inside the container (repeatable, e.g. /tmp, /dev/shm); its contents are checkpointed and restored with the processes.", valueName: "path"))
     var tmpfs: [String] = []
+    @Option(help: ArgumentHelp("Bind-mount a host directory into the container (repeatable). Its contents are rolled back only when HOST is a btrfs subvolume on the store's filesystem (then it is snapshotted in the same instant).", valueName: "HOST:CONTAINER"))
+    var volume: [String] = []
     @Argument(help: "Container name: letters, digits, '-', '_', '.'; no leading dot; at most 64.")
     var name: String
     @Argument(parsing: .postTerminator, help: "The command and its arguments, after --.")
@@ -33,7 +35,8 @@ struct RunCommand: ParsableCommand {
 
     func run() throws {
         try reporting {
-            let o = RunOptions(name: name, command: command, rootfs: rootfs, hostname: hostname, env: env, tmpfs: tmpfs)
+            var o = RunOptions(name: name, command: command, rootfs: rootfs, hostname: hostname, env: env, tmpfs: tmpfs)
+            o.volumes = volume
             try Lifecycle.validate(o)
             try Lifecycle.run(store: try storeOptions.open(), o)
         }

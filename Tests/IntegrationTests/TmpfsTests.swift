@@ -1,3 +1,4 @@
+import FSSnapshot
 import Foundation
 import XCTest
 
@@ -58,5 +59,62 @@ final class TmpfsTests: XCTestCase {
         XCTAssertEqual(bad.status, 64, bad.stderr)
         XCTAssertEqual(try crsnap(["run", "x-\(cname)", "--tmpfs", "/proc", "--", "true"]).status, 64)
         XCTAssertEqual(try crsnap(["run", "x-\(cname)", "--tmpfs", "/a/../b", "--", "true"]).status, 64)
+    }
+}
+
+/// --volume: bind mounts from the host, declared external to CRIU; a btrfs
+/// subvolume on the store's filesystem is snapshotted in the same instant and
+/// rolled back, any other directory is left alone.
+final class VolumeTests: XCTestCase {
+    func testVolumes() throws {
+        try Env.require()
+        let cname = uniqueName("it-vol")
+        let subvol = "\((Env.store! as NSString).deletingLastPathComponent)/\(cname)-vol"
+        let plain = "/var/tmp/\(cname)-plain"
+        try Btrfs.createSubvolume(subvol)
+        try FileManager.default.createDirectory(atPath: plain, withIntermediateDirectories: true)
+        defer {
+            _ = try? crsnap(["rm", "--force", cname])
+            try? Btrfs.deleteSubvolume(subvol)
+            try? FileManager.default.removeItem(atPath: plain)
+        }
+        let workload = """
+            import os, time
+            n = 0
+            while True:
+                n += 1
+                prev = int(open("/data/c").read()) if os.path.exists("/data/c") else 0
+                if prev != n - 1:
+                    print(f"ERR step {n}: /data/c holds {prev}", flush=True)
+                for p in ("/data/c", "/plain/c"):
+                    with open(p, "w") as f:
+                        f.write(str(n))
+                if n % 5 == 0:
+                    print(f"step {n}", flush=True)
+                time.sleep(0.02)
+            """
+        try crsnapOK(["run", cname, "--volume", "\(subvol):/data", "--volume", "\(plain):/plain", "--", "python3", "-c", workload])
+        XCTAssertTrue(waitFor(20) { ((try? String(contentsOfFile: "\(subvol)/c", encoding: .utf8)).flatMap { Int($0) } ?? 0) > 5 })
+        let id = try crsnapOK(["take", cname]).trimmingCharacters(in: .whitespacesAndNewlines)
+        let manifest = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: "\(Env.store!)/containers/\(cname)/snapshots/1/manifest.json"))) as! [String: Any]
+        let vols = manifest["volumes"] as! [[String: Any]]
+        XCTAssertEqual(vols.map { $0["snapshotted"] as? Bool }, [true, false], "the manifest says which volumes were snapshotted")
+        let atSnapshot = Int(try String(contentsOfFile: "\(Env.store!)/containers/\(cname)/snapshots/1/volumes/vol0/c", encoding: .utf8)) ?? 0
+        XCTAssertGreaterThan(atSnapshot, 0)
+        // Files made after the take: rolled back in the subvolume, kept in the plain directory.
+        XCTAssertTrue(FileManager.default.createFile(atPath: "\(subvol)/after-take", contents: Data("x".utf8)))
+        XCTAssertTrue(FileManager.default.createFile(atPath: "\(plain)/after-take", contents: Data("x".utf8)))
+        try crsnapOK(["rollback", id])
+        XCTAssertTrue(FileManager.default.fileExists(atPath: "\(plain)/after-take"), "a plain directory volume is not rolled back")
+        XCTAssertFalse(FileManager.default.fileExists(atPath: "\(subvol)/after-take"), "a subvolume volume is rolled back")
+        XCTAssertTrue(waitFor(10) { ((try? String(contentsOfFile: "\(subvol)/c", encoding: .utf8)).flatMap { Int($0) } ?? 0) > atSnapshot + 5 })
+        let logs = try crsnapOK(["logs", cname])
+        let afterRestore = logs.components(separatedBy: "restored").last ?? ""
+        XCTAssertFalse(afterRestore.contains("ERR"), "the subvolume volume agrees with memory after rollback: \(afterRestore.prefix(300))")
+        XCTAssertFalse(FileManager.default.fileExists(atPath: "\(subvol).crsnap-prev"), "the replaced volume is gone after success")
+        XCTAssertEqual(try crsnap(["run", "x-\(cname)", "--volume", "relative:/x", "--", "true"]).status, 64)
+        XCTAssertEqual(try crsnap(["run", "x-\(cname)", "--volume", "\(plain):/", "--", "true"]).status, 64)
+        XCTAssertEqual(try crsnap(["run", "x-\(cname)", "--volume", "/nonexistent-crsnap:/x", "--", "true"]).status, 64)
+        XCTAssertEqual(try crsnap(["run", "x-\(cname)", "--volume", "\(plain)", "--", "true"]).status, 64)
     }
 }

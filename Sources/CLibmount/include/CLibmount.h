@@ -24,6 +24,8 @@ struct crsnap_container_spec {
     int log_fd;                    // becomes fd 1 and 2
     int cgroup_procs_fd;           // the container joins this cgroup ("0" is written), -1: none
     const char *const *tmpfs;      // mount points (inside) that get a tmpfs; NULL-terminated, may be NULL
+    const char *const *bind_sources; // host directories bind-mounted into the root; NULL-terminated, may be NULL
+    const char *const *bind_targets; // where, as host paths below `root`; as many as bind_sources
 };
 
 /// Where a container launch failed, reported through a close-on-exec pipe.
@@ -43,10 +45,11 @@ enum crsnap_launch_stage {
     CRSNAP_STAGE_SETNS,
     CRSNAP_STAGE_FORK,
     CRSNAP_STAGE_MOUNT_TMPFS,
+    CRSNAP_STAGE_BIND_VOLUME,
 };
 
 /// Starts the container's init in new mount, pid, uts and ipc namespaces:
-/// private mounts, pivot_root into spec->root, old root detached, /proc mounted,
+/// private mounts, volumes bind-mounted into spec->root, pivot_root into it, old root detached, /proc mounted,
 /// tmpfs mounts, a new session, stdin from the container's /dev/null, stdout and stderr to
 /// log_fd, every other fd closed, then execve.
 /// Returns the host pid, or -1 with *stage and *err set (the child is reaped).
