@@ -185,6 +185,35 @@ final class LifecycleTests: XCTestCase {
                        "the pre snapshot is from before the second dpkg run")
     }
 
+    /// Every command's --json parses and carries the documented fields.
+    func testJSONOutputsHaveTheDocumentedFields() throws {
+        let c = try start("it-json2")
+        func object(_ args: [String]) throws -> Any {
+            let out = try crsnapOK(args)
+            return try JSONSerialization.jsonObject(with: Data(out.utf8))
+        }
+        func keys(_ o: Any) -> Set<String> { Set((o as? [String: Any])?.keys.map { $0 } ?? []) }
+        let take = try object(["take", c.name, "--json"])
+        // tag and pair are left out when unset.
+        XCTAssertTrue(keys(take).isSuperset(of: ["id", "number", "container", "created", "role", "stats", "criu", "stopped"]), "\(keys(take))")
+        XCTAssertTrue(keys((take as! [String: Any])["stats"]!).isSuperset(of: ["frozen_ms", "fs_snapshot_ms", "dump_ms", "images_bytes"]))
+        let list = try object(["list", c.name, "--json"]) as! [Any]
+        XCTAssertTrue(keys(list[0]).isSuperset(of: ["id", "number", "type", "created", "age_seconds", "frozen_ms", "fs_snapshot_ms", "images_bytes", "stopped"]), "\(keys(list[0]))")
+        let ps = try object(["ps", "--json"]) as! [Any]
+        XCTAssertTrue(ps.contains { keys($0).isSuperset(of: ["name", "state", "pid", "backend", "snapshots"]) })
+        let rb = try object(["rollback", "\(c.name)@1", "--json"])
+        XCTAssertEqual(keys(rb), ["id", "pid", "pre_rollback"])
+        let diff = try object(["diff", "\(c.name)@1", "--json"]) as! [Any]
+        for d in diff { XCTAssertEqual(keys(d), ["path", "change"]) }
+        let prune = try object(["prune", c.name, "--keep-last", "5", "--dry-run", "--json"])
+        XCTAssertNotNil(prune as? [String])
+        let doctor = try crsnap(["doctor", "--json"])
+        let checks = try JSONSerialization.jsonObject(with: Data(doctor.stdout.utf8)) as! [Any]
+        for ch in checks { XCTAssertEqual(keys(ch), ["name", "status", "detail"]) }
+        let initOut = try object(["init", "--json"])
+        XCTAssertEqual(keys(initOut), ["store", "root", "backend", "image"])
+    }
+
     func testCompletionAndHelp() throws {
         for sh in ["bash", "zsh", "fish"] {
             let r = try crsnap(["completion", sh])
