@@ -144,6 +144,7 @@ public enum Lifecycle {
         try c.mustExist()
         let lock = try c.lock()
         defer { lock.release() }
+        try Recovery.finishInterrupted(c)
         try stopLocked(c)
     }
 
@@ -164,6 +165,7 @@ public enum Lifecycle {
         try c.mustExist()
         let lock = try c.lock()
         defer { lock.release() }
+        try Recovery.finishInterrupted(c)
         if c.isRunning {
             guard force else {
                 throw CrsnapError(.conflict, "container \"\(name)\" is running: crsnap stop \(name) first, or rm --force")

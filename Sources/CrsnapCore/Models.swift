@@ -50,6 +50,8 @@ public struct Manifest: Codable, Equatable {
     public var init_pid_ns: Int32
     public var criu_version: String?
     public var stats: Stats
+    /// SHA-256 of each CRIU image file (name → hex), checked before a restore.
+    public var images_sha256: [String: String]? = nil
 }
 
 enum JSON {

@@ -15,61 +15,95 @@ public enum Rollback {
         let lock = try c.lock()
         defer { lock.release() }
         try Recovery.finishInterrupted(c)
-        let m = try c.manifest(id.number)
-        let snapDir = c.snapshotDir(id.number)
-        let images = "\(snapDir)/images"
-        let snapFs = "\(snapDir)/fs"
-        guard store.backend.isVolume(snapFs) else {
-            throw CrsnapError(.failed, "snapshot \(id) is damaged: its filesystem snapshot \(snapFs) is missing; nothing was changed")
-        }
-        guard Sys.exists("\(images)/inventory.img") else {
-            throw CrsnapError(.failed, "snapshot \(id) is damaged: \(images)/inventory.img is missing; nothing was changed")
-        }
-        let config = try c.config()
+        _ = try c.manifest(id.number)
+        // Images are a trust boundary: only complete snapshots whose images
+        // match the checksums recorded at take time are restored.
+        try Verify.require(c, id.number, doing: "rollback to \(id)")
+        _ = try c.config()
         let cg = try c.cgroup()
-        _ = try Criu.locate()
+        _ = try CriuCheck.usable(for: "rollback to \(id)")
+        try Faults.check("rollback.verified")
 
-        // The monitor must live through the kill: it is the parent of the
-        // restored tree and holds the container's output pipe.
+        let revert = Revert()
+        var stopped = false
+        do {
+            return try revert.run {
+                try JSON.write(Journal(op: "rollback", started: Date(), path: aside(c), snapshot: id.number), to: c.journalPath)
+                revert.push("end journal") { try Sys.unlink(c.journalPath) }
+                // The new volume first, while the tasks still run: a full store
+                // fails here, with nothing changed.
+                try cloneSnapshot(c, id.number)
+                revert.push("delete \(next(c))") {
+                    if store.backend.isVolume(next(c)) { try store.backend.deleteVolume(next(c)) }
+                }
+                try holdMonitor(c, revert: revert)
+                stopped = true
+                try cg.killAll()
+                try Faults.check("rollback.killed")
+                return try swapAndRestore(c, id.number, revert: revert)
+            }
+        } catch {
+            throw CrsnapError(.failed, "\(error)\n" + (stopped
+                ? "the container's files are as they were before the rollback; its processes were stopped"
+                : "nothing was changed; the container runs on"))
+        }
+    }
+
+    static func aside(_ c: Container) -> String { "\(c.dir)/fs.prev" }
+    static func next(_ c: Container) -> String { "\(c.dir)/fs.next" }
+
+    /// A writable clone of snapshot `n`'s volume at fs.next.
+    static func cloneSnapshot(_ c: Container, _ n: Int) throws {
+        let backend = c.store.backend
+        if backend.isVolume(next(c)) { try backend.deleteVolume(next(c)) }
+        try backend.snapshot("\(c.snapshotDir(n))/fs", to: next(c), readOnly: false)
+    }
+
+    /// The monitor must live through the kill: it is the parent of the
+    /// restored tree and holds the container's output pipe.
+    static func holdMonitor(_ c: Container, revert: Revert) throws {
         if c.monitorAlive {
             let r = try MonitorChannel.request(dir: c.dir, "hold")
-            guard r.hasPrefix("ok") else { throw CrsnapError(.failed, "rollback \(id): the monitor refused: \(r)") }
+            guard r.hasPrefix("ok") else { throw CrsnapError(.failed, "rollback of \(c.name): the monitor refused: \(r)") }
         } else {
             try Lifecycle.spawnMonitor(c, idle: true)
         }
-
-        let aside = "\(c.dir)/fs.prev"
-        let revert = Revert()
         revert.push("release the monitor") { _ = try MonitorChannel.request(dir: c.dir, "release") }
-        do {
-            return try revert.run {
-                try cg.killAll()
-                try JSON.write(Journal(op: "rollback", started: Date(), path: aside), to: c.journalPath)
-                revert.push("end journal") { try Sys.unlink(c.journalPath) }
-                if Mounts.isMountPoint(c.rootMount) { try unmountRoot(c) }
-                revert.push("mount the previous root") {
-                    try ContainerRoot.mount(volume: c.volume, kind: config.kind, at: c.rootMount)
-                }
-                // Keep the current files reachable until the restore has succeeded.
-                try Sys.rename(c.volume, aside)
-                revert.push("put the previous volume back") { try Sys.rename(aside, c.volume) }
-                try store.backend.snapshot(snapFs, to: c.volume, readOnly: false)
-                revert.push("delete the new volume") { try store.backend.deleteVolume(c.volume) }
-                try ContainerRoot.mount(volume: c.volume, kind: config.kind, at: c.rootMount)
-                revert.push("unmount the new root") { try unmountRoot(c) }
-                try Faults.check("rollback.restore")
-                let request = ["restore", images, c.rootMount, m.log_pipe, id.description].joined(separator: "\n")
-                let reply = try MonitorChannel.request(dir: c.dir, request)
-                guard reply.hasPrefix("ok "), let pid = pid_t(reply.dropFirst(3)) else {
-                    throw CrsnapError(.failed, "rollback to \(id) failed: \(reply.hasPrefix("err ") ? String(reply.dropFirst(4)) : reply)")
-                }
-                try store.backend.deleteVolume(aside)
-                try Sys.unlink(c.journalPath)
-                return pid
-            }
-        } catch {
-            throw CrsnapError(.failed, "\(error)\nthe container's files are as they were before the rollback; its processes were stopped")
+    }
+
+    /// With the tree gone and the clone at fs.next: the current volume goes
+    /// aside (unless it already is), the clone takes its place, the root is
+    /// mounted and the monitor restores the tree; then the old volume is
+    /// deleted and the journal ended. Undone by `revert` on failure.
+    static func swapAndRestore(_ c: Container, _ n: Int, revert: Revert) throws -> pid_t {
+        let backend = c.store.backend
+        let config = try c.config()
+        let m = try c.manifest(n)
+        let aside = aside(c)
+        if Mounts.isMountPoint(c.rootMount) { try unmountRoot(c) }
+        revert.push("mount the previous root") {
+            try ContainerRoot.mount(volume: c.volume, kind: config.kind, at: c.rootMount)
         }
+        // Keep the current files reachable until the restore has succeeded.
+        if !backend.isVolume(aside) { try Sys.rename(c.volume, aside) }
+        revert.push("put the previous volume back") { try Sys.rename(aside, c.volume) }
+        try Faults.check("rollback.aside")
+        try Sys.rename(next(c), c.volume)
+        revert.push("delete the new volume") { try backend.deleteVolume(c.volume) }
+        try Faults.check("rollback.cloned")
+        try ContainerRoot.mount(volume: c.volume, kind: config.kind, at: c.rootMount)
+        revert.push("unmount the new root") { try unmountRoot(c) }
+        try Faults.check("rollback.restore")
+        let images = "\(c.snapshotDir(n))/images"
+        let request = ["restore", images, c.rootMount, m.log_pipe, m.id].joined(separator: "\n")
+        let reply = try MonitorChannel.request(dir: c.dir, request)
+        guard reply.hasPrefix("ok "), let pid = pid_t(reply.dropFirst(3)) else {
+            throw CrsnapError(.failed, "rollback to \(m.id) failed: \(reply.hasPrefix("err ") ? String(reply.dropFirst(4)) : reply)")
+        }
+        try Faults.check("rollback.restored")
+        try backend.deleteVolume(aside)
+        try Sys.unlink(c.journalPath)
+        return pid
     }
 
     static func unmountRoot(_ c: Container) throws {
@@ -78,37 +112,5 @@ public enum Rollback {
         } catch {
             try Mounts.unmount(c.rootMount, lazy: true)
         }
-    }
-}
-
-/// Cleans up after an operation that was interrupted (crsnap killed).
-enum Recovery {
-    static func finishInterrupted(_ c: Container) throws {
-        guard Sys.exists(c.journalPath) else { return }
-        let j = try JSON.read(Journal.self, from: c.journalPath)
-        let backend = c.store.backend
-        switch j.op {
-        case "take":
-            // A take that did not finish is not listed (no manifest in place):
-            // drop its staging directory.
-            if backend.isVolume("\(j.path)/fs") { try backend.deleteVolume("\(j.path)/fs") }
-            try Sys.removeTree(j.path)
-            if let cg = try? c.cgroup(), cg.exists, cg.state() != "THAWED" { try cg.thaw() }
-        case "rollback":
-            // The previous volume is kept aside until the restore succeeded: if
-            // it is still there, the rollback did not finish; put it back.
-            if backend.isVolume(j.path) && !c.isRunning {
-                if Mounts.isMountPoint(c.rootMount) { try Rollback.unmountRoot(c) }
-                if backend.isVolume(c.volume) { try backend.deleteVolume(c.volume) }
-                try Sys.rename(j.path, c.volume)
-                let config = try c.config()
-                try ContainerRoot.mount(volume: c.volume, kind: config.kind, at: c.rootMount)
-            } else if backend.isVolume(j.path) {
-                try backend.deleteVolume(j.path)
-            }
-        default:
-            break
-        }
-        try Sys.unlink(c.journalPath)
     }
 }

@@ -10,8 +10,11 @@ import Glibc
 struct Journal: Codable {
     var op: String
     var started: Date
-    /// take: the staging directory; rollback: the volume kept aside.
+    /// take: the staging directory; rollback: the volume kept aside;
+    /// delete: the snapshot directory.
     var path: String
+    /// rollback: the snapshot number being rolled back to.
+    var snapshot: Int? = nil
 }
 
 /// The steps of one take, as seen by the transaction. The real ones call CRIU
@@ -49,18 +52,18 @@ public enum Take {
         let lock = try c.lock()
         defer { lock.release() }
         try Recovery.finishInterrupted(c)
+        try Faults.check("take.locked")
         let initPid = try c.runningInit()
         let config = try c.config()
         let state = c.state()!
         let cg = try c.cgroup()
-        let criu = try Criu.locate()
+        let (criu, version) = try CriuCheck.usable(for: "take \(name)")
         let steps = RealTakeSteps(container: c, criu: criu, initPid: initPid, cgroup: cg)
         let nsPid = Proc.nsPids(initPid).last ?? 0
-        let version = try? criu.version()
         return try run(container: c, tag: tag, steps: steps) { number, stats in
             Manifest(id: "\(name)@\(number)", container: name, number: number, tag: tag, created: Date(),
                      kind: config.kind, backend: store.backend.name, log_pipe: state.logPipe,
-                     init_pid_ns: nsPid, criu_version: version?.description, stats: stats)
+                     init_pid_ns: nsPid, criu_version: version.description, stats: stats)
         }
     }
 
@@ -77,13 +80,14 @@ public enum Take {
         return try revert.run {
             revert.push("thaw \(c.name)") { try steps.ensureThawed() }
             try Sys.mkdir(c.snapshotsDir, mode: 0o700, existOK: true)
+            // Journal first: a kill at any later point leaves nothing unrecorded.
+            try JSON.write(Journal(op: "take", started: Date(), path: staging), to: c.journalPath)
+            revert.push("end journal") { try Sys.unlink(c.journalPath) }
             try Sys.mkdir(staging, mode: 0o700)
             revert.push("remove \(staging)") {
                 if steps.isVolume(fsSnap) { try steps.deleteVolume(fsSnap) }
                 try Sys.removeTree(staging)
             }
-            try JSON.write(Journal(op: "take", started: Date(), path: staging), to: c.journalPath)
-            revert.push("end journal") { try Sys.unlink(c.journalPath) }
             try Sys.mkdir(images, mode: 0o700)
 
             var fsMs = 0.0
@@ -94,13 +98,16 @@ public enum Take {
                 try steps.flush()
             }, onPostDump: {
                 let s = DispatchTime.now()
+                try Faults.check("take.post-dump")
                 try Faults.check("take.fs-snapshot")
                 try steps.snapshotVolume(to: fsSnap)
+                try Faults.check("take.fs-snapshotted")
                 fsMs = Double(DispatchTime.now().uptimeNanoseconds - s.uptimeNanoseconds) / 1e6
                 snapshotted = true
             })
             let dumpMs = Double(DispatchTime.now().uptimeNanoseconds - t0.uptimeNanoseconds) / 1e6
             try steps.ensureThawed()
+            try Faults.check("take.thawed")
             guard snapshotted, steps.isVolume(fsSnap) else {
                 throw CrsnapError(.failed, "take \(c.name): CRIU finished without the post-dump notification; no filesystem snapshot was taken")
             }
@@ -110,11 +117,14 @@ public enum Take {
             try Faults.check("take.manifest")
             let stats = Manifest.Stats(frozen_ms: dumpStats.frozenMs, fs_snapshot_ms: fsMs, dump_ms: dumpMs,
                                        images_bytes: Sys.treeSize(images))
-            let m = manifest(number, stats)
+            var m = manifest(number, stats)
+            // Outside the freeze: the tasks run on while the images are hashed.
+            m.images_sha256 = try Checksums.images(images)
             try JSON.write(m, to: "\(staging)/manifest.json")
             let final = c.snapshotDir(number)
             try Sys.rename(staging, final)
             try Sys.fsyncDirectory(c.snapshotsDir)
+            try Faults.check("take.renamed")
             try Sys.writeAtomically(c.nextIDPath, Array("\(number + 1)\n".utf8))
             try Sys.unlink(c.journalPath)
             return TakeResult(id: m.id, container: c.name, tag: tag, created: m.created, stats: stats, criu: dumpStats)

@@ -23,7 +23,7 @@ struct Crsnap: ParsableCommand {
         subcommands: [
             RunCommand.self, PsCommand.self, TakeCommand.self, ListCommand.self, RollbackCommand.self,
             ExecCommand.self, LogsCommand.self, StopCommand.self, RmCommand.self, DeleteCommand.self,
-            DoctorCommand.self, InitCommand.self, MonitorCommand.self, BenchDumpCommand.self,
+            VerifyCommand.self, DoctorCommand.self, InitCommand.self, MonitorCommand.self, BenchDumpCommand.self,
         ]
     )
 }

@@ -64,6 +64,8 @@ func crsnap(_ args: [String], env: [String: String] = [:], store: String? = Env.
     var e = ProcessInfo.processInfo.environment
     e["CRSNAP_STORE"] = store
     for (k, v) in env { e[k] = v }
+    // Fault injection is honoured only with the test-hook switch on.
+    if env["CRSNAP_FAULT"] != nil && env["CRSNAP_TEST_HOOKS"] == nil { e["CRSNAP_TEST_HOOKS"] = "1" }
     p.environment = e
     let out = Pipe(), err = Pipe()
     p.standardOutput = out
