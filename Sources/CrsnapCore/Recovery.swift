@@ -264,8 +264,8 @@ public enum Repair {
         }
     }
 
-    public static func repairAll(store: Store) -> [Outcome] {
-        store.containerNames().map { n in
+    public static func repairAll(store: Store, only: [String] = []) -> [Outcome] {
+        store.containerNames().filter { only.isEmpty || only.contains($0) }.map { n in
             do {
                 let c = try Container(store: store, name: n)
                 let lock = try c.lock()

@@ -13,8 +13,12 @@ struct DoctorCommand: ParsableCommand {
     @Flag(help: "Print JSON.") var json = false
     @Flag(help: "Finish or undo interrupted operations (journal), thaw containers left frozen, remove leftovers; then check.")
     var repair = false
+    @Argument(help: "With --repair: only these containers (default: all).") var names: [String] = []
 
     func run() throws {
+        if !names.isEmpty && !repair {
+            try reporting { throw CrsnapError(.usage, "container names are only taken with --repair") }
+        }
         if repair { try runRepair() }
         var checks = try reporting { Doctor.run(storePath: try Store.resolvePath(storeOptions.store)) }
         if !repair, let store = try? storeOptions.openExisting() {
@@ -32,7 +36,12 @@ struct DoctorCommand: ParsableCommand {
     }
 
     func runRepair() throws {
-        let outcomes = try reporting { Repair.repairAll(store: try storeOptions.openExisting()) }
+        let outcomes = try reporting { () -> [Repair.Outcome] in
+            for n in names { try Names.validate(n) }
+            let store = try storeOptions.openExisting()
+            for n in names { try Container(store: store, name: n).mustExist() }
+            return Repair.repairAll(store: store, only: names)
+        }
         for o in outcomes {
             for a in o.actions { FileHandle.standardError.write(Data("repair: \(a)\n".utf8)) }
             if let e = o.error { FileHandle.standardError.write(Data("repair: \(o.container): FAILED: \(e)\n".utf8)) }

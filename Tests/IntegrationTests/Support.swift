@@ -103,8 +103,9 @@ func uniqueName(_ prefix: String) -> String {
 struct TestContainer {
     let name: String
     let overlay: Bool
+    var store: String = Env.store!
 
-    var dir: String { "\(Env.store!)/containers/\(name)" }
+    var dir: String { "\(store)/containers/\(name)" }
     var filesDir: String { overlay ? "\(dir)/fs/upper" : "\(dir)/fs" }
     func snapshotFiles(_ n: Int) -> String { overlay ? "\(dir)/snapshots/\(n)/fs/upper" : "\(dir)/snapshots/\(n)/fs" }
 
