@@ -15,7 +15,6 @@ public enum Rollback {
         let lock = try c.lock()
         defer { lock.release() }
         try Recovery.finishInterrupted(c)
-        _ = try c.manifest(id.number)
         // Images are a trust boundary: only complete snapshots whose images
         // match the checksums recorded at take time are restored.
         try Verify.require(c, id.number, doing: "rollback to \(id)")

@@ -158,6 +158,9 @@ public final class Store {
 
     /// Opens an existing store without creating anything (for read-only commands).
     public static func openExisting(_ path: String) throws -> Store {
+        if Sys.exists(path) && !Sys.isDirectory(path) {
+            throw CrsnapError(.usage, "store path \(path) exists and is not a directory")
+        }
         if !Sys.isDirectory(path) {
             throw CrsnapError(.notFound, "no store at \(path) (it is made on first `crsnap run` or by `crsnap init`)")
         }
