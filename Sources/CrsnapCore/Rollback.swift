@@ -42,7 +42,9 @@ public enum Rollback {
                 return try swapAndRestore(c, id.number, revert: revert)
             }
         } catch {
-            throw CrsnapError(.failed, "\(error)\n" + (stopped
+            var message = "rollback to \(id) failed: \(error)\n"
+            if !"\(error)".contains("No space left"), let hint = Space.hint(store) { message += hint + "\n" }
+            throw CrsnapError(.failed, message + (stopped
                 ? "the container's files are as they were before the rollback; its processes were stopped"
                 : "nothing was changed; the container runs on"))
         }

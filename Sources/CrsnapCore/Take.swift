@@ -60,10 +60,19 @@ public enum Take {
         let (criu, version) = try CriuCheck.usable(for: "take \(name)")
         let steps = RealTakeSteps(container: c, criu: criu, initPid: initPid, cgroup: cg)
         let nsPid = Proc.nsPids(initPid).last ?? 0
-        return try run(container: c, tag: tag, steps: steps) { number, stats in
-            Manifest(id: "\(name)@\(number)", container: name, number: number, tag: tag, created: Date(),
-                     kind: config.kind, backend: store.backend.name, log_pipe: state.logPipe,
-                     init_pid_ns: nsPid, criu_version: version.description, stats: stats)
+        do {
+            return try run(container: c, tag: tag, steps: steps) { number, stats in
+                Manifest(id: "\(name)@\(number)", container: name, number: number, tag: tag, created: Date(),
+                         kind: config.kind, backend: store.backend.name, log_pipe: state.logPipe,
+                         init_pid_ns: nsPid, criu_version: version.description, stats: stats)
+            }
+        } catch {
+            var message = "take \(name) failed: \(error)"
+            if !"\(error)".contains("No space left"),
+               let hint = Space.hint(store, needed: c.manifests().last?.stats.images_bytes ?? 0) {
+                message += "\n" + hint
+            }
+            throw CrsnapError(.failed, message + "\nno snapshot was added; the container runs on")
         }
     }
 

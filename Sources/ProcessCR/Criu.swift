@@ -239,7 +239,11 @@ public enum CriuLog {
     /// The lines of a CRIU log that report errors (the last few).
     public static func errors(at path: String?, limit: Int = 12) -> [String] {
         guard let path, let text = try? Sys.readText(path) else { return [] }
-        let lines = text.split(separator: "\n").filter { $0.contains("Error") || $0.contains("BUG") }
+        // "Can't setup RLIMIT_NOFILE" is logged on every run without
+        // CAP_SYS_RESOURCE and is harmless: it would hide the real error.
+        let lines = text.split(separator: "\n").filter {
+            ($0.contains("Error") || $0.contains("BUG")) && !$0.contains("Can't setup RLIMIT_NOFILE")
+        }
         return lines.suffix(limit).map { String($0) }
     }
 }
