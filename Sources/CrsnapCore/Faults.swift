@@ -17,15 +17,15 @@ import Glibc
 ///
 /// Points, in order:
 ///   take.locked, take.pre-dump, take.post-dump (frozen, before the fs
-///   snapshot), take.fs-snapshot (fail: instead of it; kill: right after it,
-///   still frozen), take.thawed (CRIU returned, before checksums),
+///   snapshot), take.fs-snapshot (frozen, in place of the fs snapshot),
+///   take.fs-snapshotted (frozen, right after it), take.thawed (CRIU returned, before checksums),
 ///   take.manifest (before it is written), take.renamed (snapshot in place,
 ///   journal not ended);
 ///   rollback.verified, rollback.killed (tree killed, volumes untouched),
 ///   rollback.aside (old volume aside, no new one), rollback.cloned (new
-///   volume, not mounted), rollback.restore (mounted, before the restore;
-///   killafter here dies during the restore), rollback.restored (running,
-///   old volume not yet deleted);
+///   volume, not mounted), rollback.restore (mounted, before the restore),
+///   rollback.restoring (the monitor has the restore request; crsnap has not
+///   had the reply), rollback.restored (running, old volume not yet deleted);
 ///   delete.unlisted (manifest gone, snapshot directory still there).
 public enum Faults {
     public enum Action: Equatable {

@@ -34,6 +34,8 @@ public struct Manifest: Codable, Equatable {
         /// Wall time of the whole CRIU dump request.
         public var dump_ms: Double
         public var images_bytes: UInt64
+        /// Hashing the images (after the thaw, outside the freeze).
+        public var checksum_ms: Double? = nil
     }
 
     public var format: Int = 1

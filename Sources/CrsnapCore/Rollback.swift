@@ -97,7 +97,7 @@ public enum Rollback {
         try Faults.check("rollback.restore")
         let images = "\(c.snapshotDir(n))/images"
         let request = ["restore", images, c.rootMount, m.log_pipe, m.id].joined(separator: "\n")
-        let reply = try MonitorChannel.request(dir: c.dir, request)
+        let reply = try MonitorChannel.request(dir: c.dir, request, afterSend: { try Faults.check("rollback.restoring") })
         guard reply.hasPrefix("ok "), let pid = pid_t(reply.dropFirst(3)) else {
             throw CrsnapError(.failed, "rollback to \(m.id) failed: \(reply.hasPrefix("err ") ? String(reply.dropFirst(4)) : reply)")
         }

@@ -124,11 +124,14 @@ public enum Take {
                 throw CrsnapError(.failed, "take \(c.name): CRIU wrote no inventory.img in \(images)")
             }
             try Faults.check("take.manifest")
-            let stats = Manifest.Stats(frozen_ms: dumpStats.frozenMs, fs_snapshot_ms: fsMs, dump_ms: dumpMs,
-                                       images_bytes: Sys.treeSize(images))
-            var m = manifest(number, stats)
             // Outside the freeze: the tasks run on while the images are hashed.
-            m.images_sha256 = try Checksums.images(images)
+            let h0 = DispatchTime.now()
+            let sums = try Checksums.images(images)
+            let hashMs = Double(DispatchTime.now().uptimeNanoseconds - h0.uptimeNanoseconds) / 1e6
+            let stats = Manifest.Stats(frozen_ms: dumpStats.frozenMs, fs_snapshot_ms: fsMs, dump_ms: dumpMs,
+                                       images_bytes: Sys.treeSize(images), checksum_ms: hashMs)
+            var m = manifest(number, stats)
+            m.images_sha256 = sums
             try JSON.write(m, to: "\(staging)/manifest.json")
             let final = c.snapshotDir(number)
             try Sys.rename(staging, final)

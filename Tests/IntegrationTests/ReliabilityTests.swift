@@ -137,7 +137,7 @@ final class CrashSafetyTests: ReliabilityCase {
     }
 
     static let rollbackSteps = ["rollback.verified", "rollback.killed", "rollback.aside", "rollback.cloned",
-                                "rollback.restore", "killafter=150:rollback.restore", "rollback.restored"]
+                                "rollback.restore", "rollback.restoring", "rollback.restored"]
 
     func testKillAtEveryRollbackStep() throws {
         let c = try startCounter("it-killrb")
