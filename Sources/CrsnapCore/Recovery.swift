@@ -95,13 +95,14 @@ enum Recovery {
         if c.isRunning {
             // Either the tree was never stopped, or its restore completed.
             let restored = backend.isVolume(aside)
-            if backend.isVolume(next) { try backend.deleteVolume(next) }
+            let neverStopped = backend.isVolume(next)
+            if neverStopped { try backend.deleteVolume(next) }
             if restored { try backend.deleteVolume(aside) }
             _ = try? MonitorChannel.request(dir: c.dir, "release")
             try Sys.unlink(c.journalPath)
-            return restored
-                ? "\(c.name): an interrupted rollback to \(target) had restored the processes; finished it"
-                : "\(c.name): an interrupted rollback to \(target) had not stopped the processes; they run on, nothing was changed"
+            if restored { return "\(c.name): an interrupted rollback to \(target) had restored the processes; finished it" }
+            if neverStopped { return "\(c.name): an interrupted rollback to \(target) had not stopped the processes; they run on, nothing was changed" }
+            return "\(c.name): an interrupted rollback to \(target) left nothing to undo; the processes run"
         }
         // The tree is gone: finish the rollback from the snapshot.
         let config = try c.config()
