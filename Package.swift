@@ -20,12 +20,14 @@ let package = Package(
             linkerSettings: [.linkedLibrary("mount"), .linkedLibrary("btrfsutil")]
         ),
         .target(name: "FSSnapshot", dependencies: ["CLibmount"]),
+        // SHA-256 of image files (libcrypto), for checksums recorded at take time.
+        .target(name: "CCrypto", linkerSettings: [.linkedLibrary("crypto")]),
         .target(
             name: "ProcessCR",
             dependencies: ["CLibmount", "FSSnapshot", .product(name: "SwiftProtobuf", package: "swift-protobuf")],
             exclude: ["Proto"]
         ),
-        .target(name: "CrsnapCore", dependencies: ["FSSnapshot", "ProcessCR"]),
+        .target(name: "CrsnapCore", dependencies: ["FSSnapshot", "ProcessCR", "CCrypto"]),
         .executableTarget(
             name: "crsnap",
             dependencies: ["CrsnapCore", .product(name: "ArgumentParser", package: "swift-argument-parser")]

@@ -1,12 +1,74 @@
 import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
 
-/// Test hook: CRSNAP_FAULT=POINT makes the named step fail, so tests can prove
-/// that a failure there leaves the container running and the store unchanged.
-/// Points: take.pre-dump, take.fs-snapshot, take.manifest, rollback.restore.
+/// Test hooks: named steps of take, rollback and delete where a test can make
+/// crsnap fail, die (SIGKILL to itself) or pause, to prove that the store and
+/// the container survive it. For tests only: honoured only when
+/// CRSNAP_TEST_HOOKS=1 is also set; otherwise CRSNAP_FAULT is ignored.
+///
+/// CRSNAP_FAULT is a comma-separated list of `[MODE:]POINT`:
+///   POINT or fail:POINT   the step throws an error naming the point
+///   kill:POINT            crsnap SIGKILLs itself at the step
+///   killafter=MS:POINT    at the step, crsnap arms a SIGKILL to itself MS
+///                         milliseconds later (to die inside a long call)
+///   sleep=MS:POINT        the step waits MS milliseconds
+///
+/// Points, in order:
+///   take.locked, take.pre-dump, take.post-dump (frozen, before the fs
+///   snapshot), take.fs-snapshot (frozen, in place of the fs snapshot),
+///   take.fs-snapshotted (frozen, right after it), take.thawed (CRIU returned, before checksums),
+///   take.manifest (before it is written), take.renamed (snapshot in place,
+///   journal not ended);
+///   rollback.verified, rollback.killed (tree killed, volumes untouched),
+///   rollback.aside (old volume aside, no new one), rollback.cloned (new
+///   volume, not mounted), rollback.restore (mounted, before the restore),
+///   rollback.restoring (the monitor has the restore request; crsnap has not
+///   had the reply), rollback.restored (running, old volume not yet deleted);
+///   delete.unlisted (manifest gone, snapshot directory still there).
 public enum Faults {
+    public enum Action: Equatable {
+        case fail, kill, sleep(Int), killAfter(Int)
+    }
+
+    public static var enabled: Bool { ProcessInfo.processInfo.environment["CRSNAP_TEST_HOOKS"] == "1" }
+
+    /// The action CRSNAP_FAULT asks for at `point`, if test hooks are on.
+    static func action(at point: String, env: [String: String] = ProcessInfo.processInfo.environment) -> Action? {
+        guard env["CRSNAP_TEST_HOOKS"] == "1", let spec = env["CRSNAP_FAULT"] else { return nil }
+        for item in spec.split(separator: ",").map(String.init) {
+            guard let colon = item.lastIndex(of: ":") else {
+                if item == point { return .fail }
+                continue
+            }
+            guard String(item[item.index(after: colon)...]) == point else { continue }
+            let mode = String(item[..<colon])
+            if mode == "fail" { return .fail }
+            if mode == "kill" { return .kill }
+            if mode.hasPrefix("sleep="), let ms = Int(mode.dropFirst(6)) { return .sleep(ms) }
+            if mode.hasPrefix("killafter="), let ms = Int(mode.dropFirst(10)) { return .killAfter(ms) }
+        }
+        return nil
+    }
+
     public static func check(_ point: String) throws {
-        if let f = ProcessInfo.processInfo.environment["CRSNAP_FAULT"], f == point {
+        guard let a = action(at: point) else { return }
+        switch a {
+        case .fail:
             throw CrsnapError(.failed, "injected fault at \(point) (CRSNAP_FAULT)")
+        case .kill:
+            FileHandle.standardError.write(Data("crsnap: test hook: SIGKILL at \(point)\n".utf8))
+            kill(getpid(), SIGKILL)
+            while true { pause() }
+        case .sleep(let ms):
+            usleep(UInt32(ms) * 1000)
+        case .killAfter(let ms):
+            FileHandle.standardError.write(Data("crsnap: test hook: SIGKILL \(ms) ms after \(point)\n".utf8))
+            Thread.detachNewThread {
+                usleep(UInt32(ms) * 1000)
+                kill(getpid(), SIGKILL)
+            }
         }
     }
 }

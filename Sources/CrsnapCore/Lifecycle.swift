@@ -201,6 +201,7 @@ public enum Lifecycle {
         try c.mustExist()
         let lock = try c.lock()
         defer { lock.release() }
+        try Recovery.finishInterrupted(c)
         try stopLocked(c)
     }
 
@@ -221,6 +222,7 @@ public enum Lifecycle {
         try c.mustExist()
         let lock = try c.lock()
         defer { lock.release() }
+        try Recovery.finishInterrupted(c)
         if c.isRunning {
             guard force else {
                 throw CrsnapError(.conflict, "container \"\(name)\" is running: crsnap stop \(name) first, or rm --force")

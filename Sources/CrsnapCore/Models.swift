@@ -65,6 +65,8 @@ public struct Manifest: Codable, Equatable {
         /// Bytes copied inside the freeze because the store cannot snapshot
         /// (a copy store); absent on btrfs.
         public var copied_bytes: UInt64?
+        /// Hashing the images (after the thaw, outside the freeze).
+        public var checksum_ms: Double? = nil
     }
 
     public var format: Int = 1
@@ -91,6 +93,8 @@ public struct Manifest: Codable, Equatable {
     public var volumes: [Volume]?
 
     public var snapshotRole: SnapshotRole { role ?? .single }
+    /// SHA-256 of each CRIU image file (name → hex), checked before a restore.
+    public var images_sha256: [String: String]? = nil
 }
 
 enum JSON {

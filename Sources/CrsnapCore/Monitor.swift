@@ -100,6 +100,7 @@ public final class Monitor {
             drainOutput()
             if fds[1].revents & Int16(POLLIN) != 0 { serveOne() }
             reap()
+            watchdog()
         }
         drainOutput()
         try? writeState(.stopped)
@@ -129,6 +130,30 @@ public final class Monitor {
             }
         }
     }
+
+    var frozenSince: Date?
+
+    /// If the container stays frozen with no CRIU attached to its tasks (the
+    /// crsnap that froze it died), thaw it within a few seconds.
+    func watchdog() {
+        guard initPid != 0, cgroup.state() != "THAWED", !Recovery.traced(cgroup) else {
+            frozenSince = nil
+            return
+        }
+        let since = frozenSince ?? Date()
+        frozenSince = since
+        if Date().timeIntervalSince(since) >= Monitor.watchdogSeconds {
+            do {
+                try cgroup.thaw()
+                note("watchdog: the container was frozen with no CRIU attached for \(Int(Monitor.watchdogSeconds)) s; thawed it")
+            } catch {
+                note("watchdog: could not thaw the container: \(error)")
+            }
+            frozenSince = nil
+        }
+    }
+
+    static let watchdogSeconds = 3.0
 
     func serveOne() {
         let client = accept(listenFd, nil, nil)
@@ -171,6 +196,13 @@ public final class Monitor {
     }
 
     func restore(images: String, root: String, pipeKey: String, label: String) -> String {
+        // Restoring images is a trust boundary: only this container's own
+        // snapshots, into its own root.
+        let rel = images.hasPrefix(container.snapshotsDir + "/") ? String(images.dropFirst(container.snapshotsDir.count + 1)) : ""
+        let parts = rel.split(separator: "/", omittingEmptySubsequences: false)
+        guard parts.count == 2, Int(parts[0]) != nil, parts[1] == "images", root == container.rootMount else {
+            return "err refusing to restore \(images) into \(root): not a snapshot of container \(container.name) in this store"
+        }
         if initPid != 0 && cgroup.procs().isEmpty {
             // The tree was killed; its init may not have been reaped yet.
             var status: Int32 = 0

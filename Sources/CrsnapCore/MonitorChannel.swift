@@ -47,7 +47,8 @@ enum MonitorChannel {
     }
 
     /// Sends `request` to the monitor of `dir` and waits for its reply.
-    static func request(dir: String, _ request: String) throws -> String {
+    /// `afterSend` runs once the request is on its way (a test hook).
+    static func request(dir: String, _ request: String, afterSend: () throws -> Void = {}) throws -> String {
         let dirFd = try Sys.open(dir, O_RDONLY | O_DIRECTORY)
         defer { Sys.close(dirFd) }
         let fd = try newSocket()
@@ -56,6 +57,7 @@ enum MonitorChannel {
             try Sys.check("connect", "\(dir)/\(socketName)") { connect(fd, addr, len) }
         }
         try sendMessage(fd, request)
+        try afterSend()
         return try receiveMessage(fd)
     }
 

@@ -35,9 +35,9 @@ public enum Undo {
 /// rollback: stop the tasks, put the snapshot's files in place, restore the
 /// tasks from the images taken at the same instant.
 public enum Rollback {
-    /// Rolls back to `id`. A running container is first checkpointed and
-    /// stopped in one step (a "pre-rollback" snapshot), so the rollback can be
-    /// undone and, should the restore fail, the state it replaced comes back.
+    /// Rolls back to `id`. A running container is first checkpointed (a
+    /// "pre-rollback" snapshot), so the rollback can be undone and, should the
+    /// restore fail, the state it replaced comes back.
     public static func rollback(store: Store, id: SnapshotID, preSnapshot: Bool = true) throws -> RollbackResult {
         let c = try Container(store: store, name: id.container)
         try c.mustExist()
@@ -76,53 +76,84 @@ public enum Rollback {
 
     static func rollbackLocked(_ c: Container, _ n: Int, preSnapshot: Bool) throws -> RollbackResult {
         let id = "\(c.name)@\(n)"
-        let m = try c.manifest(n)
-        try checkComplete(c, n)
-        let config = try c.config()
+        // Images are a trust boundary: only complete snapshots whose images
+        // match the checksums recorded at take time are restored.
+        try Verify.require(c, n, doing: "rollback to \(id)")
         let cg = try c.cgroup()
         try cg.create()
-        _ = try Criu.locate()
+        _ = try CriuCheck.usable(for: "rollback to \(id)")
+        try Faults.check("rollback.verified")
 
-        // The monitor must live through the kill: it is the parent of the
-        // restored tree and holds the container's output pipe.
-        if c.monitorAlive {
-            let r = try MonitorChannel.request(dir: c.dir, "hold")
-            guard r.hasPrefix("ok") else { throw CrsnapError(.failed, "rollback \(id): the monitor refused: \(r)") }
-        } else {
-            try Lifecycle.spawnMonitor(c, idle: true)
-        }
+        // Before anything is stopped: the monitor held, the pre-rollback
+        // snapshot, the journal and the new volume (a full store fails here).
+        // A failure up to this point leaves the container as it was.
         var pre: Int?
-        if c.isRunning && preSnapshot {
-            do {
-                pre = try Take.takeLocked(c, TakeOptions(role: .preRollback, stop: true)).number
-            } catch {
-                _ = try? MonitorChannel.request(dir: c.dir, "release")
-                throw CrsnapError(.failed, "rollback to \(id): could not snapshot the current state first, nothing was changed: \(error)")
-            }
-        }
-        try cg.killAll()
-        let pid: pid_t
+        let prepare = Revert()
         do {
-            pid = try restoreInto(c, n, m, config, injectFault: true)
+            try prepare.run {
+                try holdMonitor(c, revert: prepare)
+                if c.isRunning && preSnapshot {
+                    let p = try Take.takeLocked(c, TakeOptions(role: .preRollback)).number
+                    pre = p
+                    prepare.push("delete the pre-rollback snapshot \(c.name)@\(p)") { try Snapshots.deleteLocked(c, p) }
+                }
+                try JSON.write(Journal(op: "rollback", started: Date(), path: aside(c), snapshot: n), to: c.journalPath)
+                prepare.push("end journal") { try Sys.unlink(c.journalPath) }
+                try cloneSnapshot(c, n)
+            }
         } catch {
+            var message = "rollback to \(id) failed: \(error)\n"
+            if !"\(error)".contains("No space left"), let hint = Space.hint(c.store) { message += hint + "\n" }
+            throw CrsnapError(.failed, message + "nothing was changed; the container runs on")
+        }
+
+        // Stop the tree, swap the volume, restore.
+        do {
+            let pid = try stopAndRestore(c, n, faults: true)
+            try? JSON.write(Undo.Record(preRollback: pre, target: n, at: Date()), to: Undo.path(c))
+            return RollbackResult(id: id, pid: pid, pre_rollback: pre.map { "\(c.name)@\($0)" })
+        } catch {
+            // The swap was undone: the files are as before the rollback.
+            var message = "rollback to \(id) failed: \(error)\n"
+            if !"\(error)".contains("No space left"), let hint = Space.hint(c.store) { message += hint + "\n" }
             guard let pre else {
                 _ = try? MonitorChannel.request(dir: c.dir, "release")
-                throw CrsnapError(.failed, "\(error)\nthe container's files are as they were before the rollback; its processes were stopped")
+                throw CrsnapError(.failed, message + "the container's files are as they were before the rollback; its processes were stopped")
             }
             let preId = "\(c.name)@\(pre)"
+            let back: Error?
             do {
-                _ = try restoreInto(c, pre, try c.manifest(pre), config, injectFault: false)
+                try JSON.write(Journal(op: "rollback", started: Date(), path: aside(c), snapshot: pre), to: c.journalPath)
+                try cloneSnapshot(c, pre)
+                _ = try stopAndRestore(c, pre, faults: false)
+                back = nil
             } catch let second {
-                _ = try? MonitorChannel.request(dir: c.dir, "release")
-                throw CrsnapError(.failed, "\(error)\nrestoring the state from before the rollback (\(preId)) failed too: \(second)\nthe container is stopped; its files are as before the rollback and \(preId) holds its processes")
+                back = second
             }
-            throw CrsnapError(.failed, "\(error)\nthe container is back in the state from before the rollback (\(preId)), running")
+            if let back {
+                _ = try? MonitorChannel.request(dir: c.dir, "release")
+                throw CrsnapError(.failed, message + "restoring the state from before the rollback (\(preId)) failed too: \(back)\nthe container is stopped; its files are as before the rollback and \(preId) holds its processes")
+            }
+            throw CrsnapError(.failed, message + "the container is back in the state from before the rollback (\(preId)), running")
         }
-        try? JSON.write(Undo.Record(preRollback: pre, target: n, at: Date()), to: Undo.path(c))
-        return RollbackResult(id: id, pid: pid, pre_rollback: pre.map { "\(c.name)@\($0)" })
     }
 
-    /// Both halves of snapshot `n` are there.
+    /// With the journal written and the clone at fs.next: kill the tree, swap
+    /// the volumes, have the monitor restore. Undone on failure (the previous
+    /// volume back in place, the clone deleted, the journal ended).
+    static func stopAndRestore(_ c: Container, _ n: Int, faults: Bool) throws -> pid_t {
+        let backend = c.store.backend
+        let revert = Revert()
+        revert.push("end journal") { try Sys.unlink(c.journalPath) }
+        revert.push("delete \(next(c))") { if backend.isVolume(next(c)) { try backend.deleteVolume(next(c)) } }
+        return try revert.run {
+            try c.cgroup().killAll()
+            if faults { try Faults.check("rollback.killed") }
+            return try swapAndRestore(c, n, revert: revert, faults: faults)
+        }
+    }
+
+    /// Both halves of snapshot `n` are there (a quick check; Verify does the full one).
     static func checkComplete(_ c: Container, _ n: Int) throws {
         let snapDir = c.snapshotDir(n)
         guard c.store.backend.isVolume("\(snapDir)/fs") else {
@@ -133,53 +164,78 @@ public enum Rollback {
         }
     }
 
-    /// With the tasks gone: swap in a writable clone of snapshot `n`'s volume
-    /// and have the monitor restore its images. On failure the previous volume
-    /// is put back and remounted.
-    static func restoreInto(_ c: Container, _ n: Int, _ m: Manifest, _ config: ContainerConfig, injectFault: Bool) throws -> pid_t {
-        let store = c.store
-        let snapDir = c.snapshotDir(n)
-        let aside = "\(c.dir)/fs.prev"
-        let revert = Revert()
-        return try revert.run {
-            try JSON.write(Journal(op: "rollback", started: Date(), path: aside), to: c.journalPath)
-            revert.push("end journal") { try Sys.unlink(c.journalPath) }
-            if Mounts.isMountPoint(c.rootMount) { try unmountRoot(c) }
-            revert.push("mount the previous root") {
-                try ContainerRoot.mount(volume: c.volume, kind: config.kind, at: c.rootMount)
-            }
-            // Keep the current files reachable until the restore has succeeded.
-            try Sys.rename(c.volume, aside)
-            revert.push("put the previous volume back") { try Sys.rename(aside, c.volume) }
-            try store.backend.snapshot("\(snapDir)/fs", to: c.volume, readOnly: false)
-            revert.push("delete the new volume") { try store.backend.deleteVolume(c.volume) }
-            try ContainerRoot.mount(volume: c.volume, kind: config.kind, at: c.rootMount)
-            revert.push("unmount the new root") { try unmountRoot(c) }
-            // Volumes snapshotted with this snapshot go back too; the replaced
-            // ones stay beside them until the restore has succeeded.
-            var replaced: [String] = []
-            for v in m.volumes ?? [] where v.snapshotted {
-                let saved = "\(snapDir)/volumes/\(v.key)"
-                guard store.backend.isVolume(saved) else { continue }
-                let prev = "\(v.host).crsnap-prev"
-                if store.backend.isVolume(prev) { try store.backend.deleteVolume(prev) }
-                try Sys.rename(v.host, prev)
-                revert.push("put volume \(v.host) back") { try Sys.rename(prev, v.host) }
-                try store.backend.snapshot(saved, to: v.host, readOnly: false)
-                revert.push("delete the new volume \(v.host)") { try store.backend.deleteVolume(v.host) }
-                replaced.append(prev)
-            }
-            if injectFault { try Faults.check("rollback.restore") }
-            let request = ["restore", "\(snapDir)/images", c.rootMount, m.log_pipe, m.id].joined(separator: "\n")
-            let reply = try MonitorChannel.request(dir: c.dir, request)
-            guard reply.hasPrefix("ok "), let pid = pid_t(reply.dropFirst(3)) else {
-                throw CrsnapError(.failed, "rollback to \(m.id) failed: \(reply.hasPrefix("err ") ? String(reply.dropFirst(4)) : reply)")
-            }
-            try store.backend.deleteVolume(aside)
-            for prev in replaced { try store.backend.deleteVolume(prev) }
-            try Sys.unlink(c.journalPath)
-            return pid
+    static func aside(_ c: Container) -> String { "\(c.dir)/fs.prev" }
+    static func next(_ c: Container) -> String { "\(c.dir)/fs.next" }
+
+    /// A writable clone of snapshot `n`'s volume at fs.next.
+    static func cloneSnapshot(_ c: Container, _ n: Int) throws {
+        let backend = c.store.backend
+        if backend.isVolume(next(c)) { try backend.deleteVolume(next(c)) }
+        try backend.snapshot("\(c.snapshotDir(n))/fs", to: next(c), readOnly: false)
+    }
+
+    /// The monitor must live through the kill: it is the parent of the
+    /// restored tree and holds the container's output pipe.
+    static func holdMonitor(_ c: Container, revert: Revert) throws {
+        if c.monitorAlive {
+            let r = try MonitorChannel.request(dir: c.dir, "hold")
+            guard r.hasPrefix("ok") else { throw CrsnapError(.failed, "rollback of \(c.name): the monitor refused: \(r)") }
+        } else {
+            try Lifecycle.spawnMonitor(c, idle: true)
         }
+        revert.push("release the monitor") { _ = try MonitorChannel.request(dir: c.dir, "release") }
+    }
+
+    /// With the tree gone and the clone at fs.next: the current volume goes
+    /// aside (unless it already is), the clone takes its place, volumes
+    /// snapshotted with the snapshot go back too, the root is mounted and the
+    /// monitor restores the tree; then what was replaced is deleted and the
+    /// journal ended. Undone by `revert` on failure.
+    static func swapAndRestore(_ c: Container, _ n: Int, revert: Revert, faults: Bool = true) throws -> pid_t {
+        let backend = c.store.backend
+        let config = try c.config()
+        let m = try c.manifest(n)
+        let aside = aside(c)
+        let snapDir = c.snapshotDir(n)
+        func fault(_ point: String) throws { if faults { try Faults.check(point) } }
+        if Mounts.isMountPoint(c.rootMount) { try unmountRoot(c) }
+        revert.push("mount the previous root") {
+            try ContainerRoot.mount(volume: c.volume, kind: config.kind, at: c.rootMount)
+        }
+        // Keep the current files reachable until the restore has succeeded.
+        if !backend.isVolume(aside) { try Sys.rename(c.volume, aside) }
+        revert.push("put the previous volume back") { try Sys.rename(aside, c.volume) }
+        try fault("rollback.aside")
+        try Sys.rename(next(c), c.volume)
+        revert.push("delete the new volume") { try backend.deleteVolume(c.volume) }
+        try fault("rollback.cloned")
+        // Volumes snapshotted with this snapshot go back too; the replaced
+        // ones stay beside them until the restore has succeeded.
+        var replaced: [String] = []
+        for v in m.volumes ?? [] where v.snapshotted {
+            let saved = "\(snapDir)/volumes/\(v.key)"
+            guard backend.isVolume(saved) else { continue }
+            let prev = "\(v.host).crsnap-prev"
+            if backend.isVolume(prev) { try backend.deleteVolume(prev) }
+            try Sys.rename(v.host, prev)
+            revert.push("put volume \(v.host) back") { try Sys.rename(prev, v.host) }
+            try backend.snapshot(saved, to: v.host, readOnly: false)
+            revert.push("delete the new volume \(v.host)") { try backend.deleteVolume(v.host) }
+            replaced.append(prev)
+        }
+        try ContainerRoot.mount(volume: c.volume, kind: config.kind, at: c.rootMount)
+        revert.push("unmount the new root") { try unmountRoot(c) }
+        try fault("rollback.restore")
+        let request = ["restore", "\(snapDir)/images", c.rootMount, m.log_pipe, m.id].joined(separator: "\n")
+        let reply = try MonitorChannel.request(dir: c.dir, request, afterSend: { try fault("rollback.restoring") })
+        guard reply.hasPrefix("ok "), let pid = pid_t(reply.dropFirst(3)) else {
+            throw CrsnapError(.failed, "rollback to \(m.id) failed: \(reply.hasPrefix("err ") ? String(reply.dropFirst(4)) : reply)")
+        }
+        try fault("rollback.restored")
+        try backend.deleteVolume(aside)
+        for prev in replaced { try backend.deleteVolume(prev) }
+        try Sys.unlink(c.journalPath)
+        return pid
     }
 
     static func unmountRoot(_ c: Container) throws {
@@ -188,36 +244,5 @@ public enum Rollback {
         } catch {
             try Mounts.unmount(c.rootMount, lazy: true)
         }
-    }
-}
-
-/// Cleans up after an operation that was interrupted (crsnap killed).
-enum Recovery {
-    static func finishInterrupted(_ c: Container) throws {
-        guard Sys.exists(c.journalPath) else { return }
-        let j = try JSON.read(Journal.self, from: c.journalPath)
-        let backend = c.store.backend
-        switch j.op {
-        case "take":
-            // A take that did not finish is not listed (no manifest in place):
-            // drop its staging directory.
-            try Snapshots.removeSnapshotDir(backend, j.path)
-            if let cg = try? c.cgroup(), cg.exists, cg.state() != "THAWED" { try cg.thaw() }
-        case "rollback":
-            // The previous volume is kept aside until the restore succeeded: if
-            // it is still there, the rollback did not finish; put it back.
-            if backend.isVolume(j.path) && !c.isRunning {
-                if Mounts.isMountPoint(c.rootMount) { try Rollback.unmountRoot(c) }
-                if backend.isVolume(c.volume) { try backend.deleteVolume(c.volume) }
-                try Sys.rename(j.path, c.volume)
-                let config = try c.config()
-                try ContainerRoot.mount(volume: c.volume, kind: config.kind, at: c.rootMount)
-            } else if backend.isVolume(j.path) {
-                try backend.deleteVolume(j.path)
-            }
-        default:
-            break
-        }
-        try Sys.unlink(c.journalPath)
     }
 }

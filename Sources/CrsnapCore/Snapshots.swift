@@ -9,15 +9,26 @@ public enum Snapshots {
         try c.mustExist()
         let lock = try c.lock()
         defer { lock.release() }
-        _ = try c.manifest(id.number)
+        try Recovery.finishInterrupted(c)
+        guard Sys.exists("\(c.snapshotDir(id.number))/manifest.json") else {
+            throw CrsnapError(.notFound, "no snapshot \(id) in store \(store.path)")
+        }
         try deleteLocked(c, id.number)
     }
 
-    /// Removes the manifest first, so a half-deleted snapshot is never listed.
+    /// Journaled; removes the manifest first, so a half-deleted snapshot is
+    /// never listed, and the next command finishes an interrupted delete.
     static func deleteLocked(_ c: Container, _ n: Int) throws {
         let dir = c.snapshotDir(n)
+        try JSON.write(Journal(op: "delete", started: Date(), path: dir), to: c.journalPath)
         try Sys.unlink("\(dir)/manifest.json")
         try Sys.fsyncDirectory(dir)
+        try Faults.check("delete.unlisted")
+        try removeDirectory(c, dir)
+        try Sys.unlink(c.journalPath)
+    }
+
+    static func removeDirectory(_ c: Container, _ dir: String) throws {
         try removeSnapshotDir(c.store.backend, dir)
     }
 

@@ -73,10 +73,12 @@ public final class Store {
 
     /// Opens the store at `path`, creating it (and a btrfs image when the path
     /// is not on btrfs) on first use.
-    public static func open(_ path: String, imageSize: UInt64 = defaultImageSize, kind: Kind? = nil) throws -> Store {
+    /// `imageSize` defaults to $CRSNAP_STORE_IMAGE_SIZE, else 16 GiB.
+    public static func open(_ path: String, imageSize: UInt64? = nil, kind: Kind? = nil) throws -> Store {
         if Sys.exists(path) && !Sys.isDirectory(path) {
             throw CrsnapError(.usage, "store path \(path) exists and is not a directory")
         }
+        let imageSize = try imageSize ?? imageSizeFromEnvironment()
         try makeDirectories(path)
         _ = chmod(path, 0o700)
         let copyHeader = try? JSON.read(Header.self, from: "\(path)/crsnap-store.json")
@@ -120,6 +122,28 @@ public final class Store {
         try Sys.mkdir("\(root)/containers", mode: 0o700, existOK: true)
         let backend = try SnapshotBackends.forPath(root)
         return Store(path: path, root: root, id: header.id, backend: backend, usesImage: usesImage)
+    }
+
+    /// $CRSNAP_STORE_IMAGE_SIZE: bytes, or a number with K, M, G or T (binary
+    /// units); at least 128M (mkfs.btrfs needs about 114 MiB).
+    static func imageSizeFromEnvironment() throws -> UInt64 {
+        guard let raw = ProcessInfo.processInfo.environment["CRSNAP_STORE_IMAGE_SIZE"] else { return defaultImageSize }
+        let units: [Character: UInt64] = ["K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40]
+        var digits = Substring(raw)
+        var mult: UInt64 = 1
+        if let last = raw.last?.uppercased().first, let m = units[last] {
+            mult = m
+            digits = digits.dropLast()
+        }
+        guard !digits.isEmpty, digits.allSatisfy({ $0.isASCII && $0.isNumber }), let n = UInt64(digits),
+              n.multipliedReportingOverflow(by: mult).overflow == false else {
+            throw CrsnapError(.usage, "invalid CRSNAP_STORE_IMAGE_SIZE \"\(raw)\": expected bytes or a number with K, M, G or T, e.g. 300M")
+        }
+        let size = n * mult
+        guard size >= 128 << 20 else {
+            throw CrsnapError(.usage, "invalid CRSNAP_STORE_IMAGE_SIZE \"\(raw)\": the store image needs at least 128M")
+        }
+        return size
     }
 
     static func makeDirectories(_ path: String) throws {
@@ -167,6 +191,9 @@ public final class Store {
 
     /// Opens an existing store without creating anything (for read-only commands).
     public static func openExisting(_ path: String) throws -> Store {
+        if Sys.exists(path) && !Sys.isDirectory(path) {
+            throw CrsnapError(.usage, "store path \(path) exists and is not a directory")
+        }
         if !Sys.isDirectory(path) {
             throw CrsnapError(.notFound, "no store at \(path) (it is made on first `crsnap run` or by `crsnap init`)")
         }

@@ -10,8 +10,11 @@ import Glibc
 struct Journal: Codable {
     var op: String
     var started: Date
-    /// take: the staging directory; rollback: the volume kept aside.
+    /// take: the staging directory; rollback: the volume kept aside;
+    /// delete: the snapshot directory.
     var path: String
+    /// rollback: the snapshot number being rolled back to.
+    var snapshot: Int? = nil
 }
 
 /// The steps of one take, as seen by the transaction. The real ones call CRIU
@@ -73,6 +76,7 @@ public enum Take {
         let lock = try c.lock()
         defer { lock.release() }
         try Recovery.finishInterrupted(c)
+        try Faults.check("take.locked")
         if let pre = o.pair {
             let m = try c.manifest(pre)
             guard m.snapshotRole == .pre else {
@@ -90,21 +94,30 @@ public enum Take {
         let config = try c.config()
         guard let state = c.state() else { throw CrsnapError(.conflict, "container \"\(c.name)\" has no state") }
         let cg = try c.cgroup()
-        let criu = try Criu.locate()
+        let (criu, version) = try CriuCheck.usable(for: "take \(c.name)")
         let steps = RealTakeSteps(container: c, criu: criu, initPid: initPid, cgroup: cg)
         steps.leaveRunning = !o.stop
         steps.volumes = config.volumes ?? []
         let nsPid = Proc.nsPids(initPid).last ?? 0
-        let version = try? criu.version()
-        var r = try run(container: c, tag: o.tag, steps: steps) { number, stats in
-            var m = Manifest(id: "\(c.name)@\(number)", container: c.name, number: number, tag: o.tag, created: Date(),
-                             kind: config.kind, backend: c.store.backend.name, log_pipe: state.logPipe,
-                             init_pid_ns: nsPid, criu_version: version?.description, stats: stats)
-            m.role = o.role
-            m.pair = o.pair
-            m.stopped = o.stop ? true : nil
-            m.volumes = config.volumes
-            return m
+        var r: TakeResult
+        do {
+            r = try run(container: c, tag: o.tag, steps: steps) { number, stats in
+                var m = Manifest(id: "\(c.name)@\(number)", container: c.name, number: number, tag: o.tag, created: Date(),
+                                 kind: config.kind, backend: c.store.backend.name, log_pipe: state.logPipe,
+                                 init_pid_ns: nsPid, criu_version: version.description, stats: stats)
+                m.role = o.role
+                m.pair = o.pair
+                m.stopped = o.stop ? true : nil
+                m.volumes = config.volumes
+                return m
+            }
+        } catch {
+            var message = "take \(c.name) failed: \(error)"
+            if !"\(error)".contains("No space left"),
+               let hint = Space.hint(c.store, needed: c.manifests().last?.stats.images_bytes ?? 0) {
+                message += "\n" + hint
+            }
+            throw CrsnapError(.failed, message + "\nno snapshot was added; the container runs on")
         }
         r.role = o.role
         r.pair = o.pair
@@ -124,6 +137,9 @@ public enum Take {
         let revert = Revert()
         return try revert.run {
             try Sys.mkdir(c.snapshotsDir, mode: 0o700, existOK: true)
+            // Journal first: a kill at any later point leaves nothing unrecorded.
+            try JSON.write(Journal(op: "take", started: Date(), path: staging), to: c.journalPath)
+            revert.push("end journal") { try Sys.unlink(c.journalPath) }
             try Sys.mkdir(staging, mode: 0o700)
             revert.push("remove \(staging)") {
                 if steps.isVolume(fsSnap) { try steps.deleteVolume(fsSnap) }
@@ -133,8 +149,6 @@ public enum Take {
                 }
                 try Sys.removeTree(staging)
             }
-            try JSON.write(Journal(op: "take", started: Date(), path: staging), to: c.journalPath)
-            revert.push("end journal") { try Sys.unlink(c.journalPath) }
             try Sys.mkdir(images, mode: 0o700)
             // Pushed last so that it runs first: never leave the tasks frozen
             // while cleaning up.
@@ -148,13 +162,16 @@ public enum Take {
                 try steps.flush()
             }, onPostDump: {
                 let s = DispatchTime.now()
+                try Faults.check("take.post-dump")
                 try Faults.check("take.fs-snapshot")
                 try steps.snapshotVolume(to: fsSnap)
+                try Faults.check("take.fs-snapshotted")
                 fsMs = Double(DispatchTime.now().uptimeNanoseconds - s.uptimeNanoseconds) / 1e6
                 snapshotted = true
             })
             let dumpMs = Double(DispatchTime.now().uptimeNanoseconds - t0.uptimeNanoseconds) / 1e6
             try steps.ensureThawed()
+            try Faults.check("take.thawed")
             guard snapshotted, steps.isVolume(fsSnap) else {
                 throw CrsnapError(.failed, "take \(c.name): CRIU finished without the post-dump notification; no filesystem snapshot was taken")
             }
@@ -162,16 +179,22 @@ public enum Take {
                 throw CrsnapError(.failed, "take \(c.name): CRIU wrote no inventory.img in \(images)")
             }
             try Faults.check("take.manifest")
+            // Outside the freeze: the tasks run on while the images are hashed.
+            let h0 = DispatchTime.now()
+            let sums = try Checksums.images(images)
+            let hashMs = Double(DispatchTime.now().uptimeNanoseconds - h0.uptimeNanoseconds) / 1e6
             var stats = Manifest.Stats(frozen_ms: dumpStats.frozenMs, fs_snapshot_ms: fsMs, dump_ms: dumpMs,
-                                       images_bytes: Sys.treeSize(images))
+                                       images_bytes: Sys.treeSize(images), checksum_ms: hashMs)
             if !c.store.backend.capabilities.contains(.constantTimeSnapshot) {
                 stats.copied_bytes = Sys.treeSize(fsSnap)
             }
-            let m = manifest(number, stats)
+            var m = manifest(number, stats)
+            m.images_sha256 = sums
             try JSON.write(m, to: "\(staging)/manifest.json")
             let final = c.snapshotDir(number)
             try Sys.rename(staging, final)
             try Sys.fsyncDirectory(c.snapshotsDir)
+            try Faults.check("take.renamed")
             try Sys.writeAtomically(c.nextIDPath, Array("\(number + 1)\n".utf8))
             try Sys.unlink(c.journalPath)
             return TakeResult(id: m.id, container: c.name, number: number, tag: tag, created: m.created, stats: stats, criu: dumpStats)

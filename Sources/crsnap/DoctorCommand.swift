@@ -11,9 +11,19 @@ struct DoctorCommand: ParsableCommand {
 
     @OptionGroup var storeOptions: StoreOptions
     @Flag(help: "Print JSON.") var json = false
+    @Flag(help: "Finish or undo interrupted operations (journal), thaw containers left frozen, remove leftovers; then check.")
+    var repair = false
+    @Argument(help: "With --repair: only these containers (default: all).") var names: [String] = []
 
     func run() throws {
-        let checks = try reporting { Doctor.run(storePath: try Store.resolvePath(storeOptions.store)) }
+        if !names.isEmpty && !repair {
+            try reporting { throw CrsnapError(.usage, "container names are only taken with --repair") }
+        }
+        if repair { try runRepair() }
+        var checks = try reporting { Doctor.run(storePath: try Store.resolvePath(storeOptions.store)) }
+        if !repair, let store = try? storeOptions.openExisting() {
+            checks += Repair.pendingChecks(store: store)
+        }
         if json {
             try printJSON(checks)
         } else {
@@ -23,6 +33,20 @@ struct DoctorCommand: ParsableCommand {
             }
         }
         if checks.contains(where: { $0.status == .fail }) { throw ExitCode(1) }
+    }
+
+    func runRepair() throws {
+        let outcomes = try reporting { () -> [Repair.Outcome] in
+            for n in names { try Names.validate(n) }
+            let store = try storeOptions.openExisting()
+            for n in names { try Container(store: store, name: n).mustExist() }
+            return Repair.repairAll(store: store, only: names)
+        }
+        for o in outcomes {
+            for a in o.actions { FileHandle.standardError.write(Data("repair: \(a)\n".utf8)) }
+            if let e = o.error { FileHandle.standardError.write(Data("repair: \(o.container): FAILED: \(e)\n".utf8)) }
+        }
+        if outcomes.contains(where: { $0.error != nil }) { throw ExitCode(1) }
     }
 }
 

@@ -38,6 +38,9 @@ struct ListCommand: ParsableCommand {
             let c = try Container(store: try storeOptions.openExisting(), name: name)
             try c.mustExist()
             let ms = c.manifests()
+            for n in c.snapshotNumbers() where !ms.contains(where: { $0.number == n }) {
+                FileHandle.standardError.write(Data("crsnap: snapshot \(name)@\(n) is damaged: its manifest does not parse (crsnap verify \(name)@\(n))\n".utf8))
+            }
             // A pre shows the post that pairs with it, and the other way round.
             var partner: [Int: Int] = [:]
             for m in ms { if let p = m.pair { partner[m.number] = p; partner[p] = m.number } }

@@ -64,6 +64,8 @@ func crsnap(_ args: [String], env: [String: String] = [:], store: String? = Env.
     var e = ProcessInfo.processInfo.environment
     e["CRSNAP_STORE"] = store
     for (k, v) in env { e[k] = v }
+    // Fault injection is honoured only with the test-hook switch on.
+    if env["CRSNAP_FAULT"] != nil && env["CRSNAP_TEST_HOOKS"] == nil { e["CRSNAP_TEST_HOOKS"] = "1" }
     p.environment = e
     let out = Pipe(), err = Pipe()
     p.standardOutput = out
@@ -101,8 +103,9 @@ func uniqueName(_ prefix: String) -> String {
 struct TestContainer {
     let name: String
     let overlay: Bool
+    var store: String = Env.store!
 
-    var dir: String { "\(Env.store!)/containers/\(name)" }
+    var dir: String { "\(store)/containers/\(name)" }
     var filesDir: String { overlay ? "\(dir)/fs/upper" : "\(dir)/fs" }
     func snapshotFiles(_ n: Int) -> String { overlay ? "\(dir)/snapshots/\(n)/fs/upper" : "\(dir)/snapshots/\(n)/fs" }
 
