@@ -87,7 +87,7 @@ public enum Verify {
         let fs = "\(dir)/fs"
         if !c.store.backend.isVolume(fs) {
             problems.append("its filesystem snapshot \(fs) is missing")
-        } else if (try? Btrfs.isReadOnly(fs)) != true {
+        } else if c.store.backend.capabilities.contains(.readOnlySnapshots), (try? Btrfs.isReadOnly(fs)) != true {
             problems.append("its filesystem snapshot \(fs) is not read-only")
         }
         let images = "\(dir)/images"
