@@ -45,6 +45,20 @@ static int cloexec_from(unsigned int first) {
     return (int)syscall(SYS_close_range, first, ~0U, CLOSE_RANGE_CLOEXEC);
 }
 
+/// Waits for a child's report on the read end of its close-on-exec error
+/// pipe: EOF means it reached execve. On a report the child is reaped and
+/// 1 is returned with report[] filled in.
+static int await_report(int fd, pid_t pid, int report[2]) {
+    ssize_t n;
+    do {
+        n = read(fd, report, 2 * sizeof(int));
+    } while (n < 0 && errno == EINTR);
+    close(fd);
+    if (n != (ssize_t)(2 * sizeof(int))) return 0;
+    while (waitpid(pid, NULL, 0) < 0 && errno == EINTR) {}
+    return 1;
+}
+
 struct launch_arg {
     const struct crsnap_container_spec *spec;
     int errfd;
@@ -132,14 +146,9 @@ pid_t crsnap_launch_container(const struct crsnap_container_spec *spec, int *sta
         return -1;
     }
     int report[2];
-    ssize_t n;
-    do {
-        n = read(pipefd[0], report, sizeof report);
-    } while (n < 0 && errno == EINTR);
-    close(pipefd[0]);
+    int failed = await_report(pipefd[0], pid, report);
     munmap(stack, stack_size);
-    if (n == (ssize_t)sizeof report) {
-        while (waitpid(pid, NULL, 0) < 0 && errno == EINTR) {}
+    if (failed) {
         *stage = report[0];
         *err = report[1];
         return -1;
@@ -257,13 +266,7 @@ pid_t crsnap_spawn(const char *path, const char *const argv[], const char *const
     }
     close(pipefd[1]);
     int report[2];
-    ssize_t n;
-    do {
-        n = read(pipefd[0], report, sizeof report);
-    } while (n < 0 && errno == EINTR);
-    close(pipefd[0]);
-    if (n == (ssize_t)sizeof report) {
-        while (waitpid(pid, NULL, 0) < 0 && errno == EINTR) {}
+    if (await_report(pipefd[0], pid, report)) {
         errno = report[1];
         return -1;
     }

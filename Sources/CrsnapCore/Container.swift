@@ -55,6 +55,17 @@ public struct Container {
         try FileLock(path: lockPath)
     }
 
+    /// Runs `body` on an existing container with its lock held, after
+    /// finishing or undoing any operation that was interrupted on it.
+    static func locked<T>(store: Store, name: String, _ body: (Container) throws -> T) throws -> T {
+        let c = try Container(store: store, name: name)
+        try c.mustExist()
+        let lock = try c.lock()
+        defer { lock.release() }
+        try Recovery.finishInterrupted(c)
+        return try body(c)
+    }
+
     /// Running means: the monitor is alive and so is the container's init.
     public var isRunning: Bool {
         guard let s = state(), s.status == .running else { return false }

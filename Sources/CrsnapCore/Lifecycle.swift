@@ -197,12 +197,7 @@ public enum Lifecycle {
 
     /// Stops the container's processes (SIGKILL to the tree) and its monitor.
     public static func stop(store: Store, name: String) throws {
-        let c = try Container(store: store, name: name)
-        try c.mustExist()
-        let lock = try c.lock()
-        defer { lock.release() }
-        try Recovery.finishInterrupted(c)
-        try stopLocked(c)
+        try Container.locked(store: store, name: name) { c in try stopLocked(c) }
     }
 
     static func stopLocked(_ c: Container) throws {

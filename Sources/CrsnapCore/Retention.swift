@@ -108,18 +108,18 @@ public enum Retention {
 
     /// Deletes what the policy says; returns the ids deleted (or that would be, with dryRun).
     public static func prune(store: Store, name: String, policy: RetentionPolicy?, dryRun: Bool) throws -> [String] {
-        let c = try Container(store: store, name: name)
-        try c.mustExist()
-        let lock = try c.lock()
-        defer { lock.release() }
-        guard let p = policy ?? savedPolicy(c), p.hasLimit else {
-            throw CrsnapError(.usage, "prune \(name): no limit given (--keep-last, --older-than, --max-size) and none saved for this container")
+        // Each deletion is journaled (Snapshots.deleteLocked): an interrupted
+        // prune leaves at most one deletion for the next command to finish.
+        try Container.locked(store: store, name: name) { c in
+            guard let p = policy ?? savedPolicy(c), p.hasLimit else {
+                throw CrsnapError(.usage, "prune \(name): no limit given (--keep-last, --older-than, --max-size) and none saved for this container")
+            }
+            let doomed = planFor(c, policy: p)
+            if !dryRun {
+                for n in doomed { try Snapshots.deleteLocked(c, n) }
+            }
+            return doomed.map { "\(name)@\($0)" }
         }
-        let doomed = planFor(c, policy: p)
-        if !dryRun {
-            for n in doomed { try Snapshots.deleteLocked(c, n) }
-        }
-        return doomed.map { "\(name)@\($0)" }
     }
 
     /// After a take: apply the container's saved policy, if any. A failure

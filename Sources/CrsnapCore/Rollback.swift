@@ -39,39 +39,30 @@ public enum Rollback {
     /// "pre-rollback" snapshot), so the rollback can be undone and, should the
     /// restore fail, the state it replaced comes back.
     public static func rollback(store: Store, id: SnapshotID, preSnapshot: Bool = true) throws -> RollbackResult {
-        let c = try Container(store: store, name: id.container)
-        try c.mustExist()
-        let lock = try c.lock()
-        defer { lock.release() }
-        try Recovery.finishInterrupted(c)
-        return try rollbackLocked(c, id.number, preSnapshot: preSnapshot)
+        try Container.locked(store: store, name: id.container) { c in
+            return try rollbackLocked(c, id.number, preSnapshot: preSnapshot)
+        }
     }
 
     /// Goes back to the state the last rollback replaced.
     public static func undo(store: Store, name: String) throws -> RollbackResult {
-        let c = try Container(store: store, name: name)
-        try c.mustExist()
-        let lock = try c.lock()
-        defer { lock.release() }
-        try Recovery.finishInterrupted(c)
-        guard let n = Undo.needed(c) else {
-            throw CrsnapError(.notFound, "container \"\(name)\" has no rollback to undo (none recorded, or its pre-rollback snapshot was deleted)")
+        try Container.locked(store: store, name: name) { c in
+            guard let n = Undo.needed(c) else {
+                throw CrsnapError(.notFound, "container \"\(name)\" has no rollback to undo (none recorded, or its pre-rollback snapshot was deleted)")
+            }
+            return try rollbackLocked(c, n, preSnapshot: true)
         }
-        return try rollbackLocked(c, n, preSnapshot: true)
     }
 
     /// Brings a stopped container back from its newest snapshot (after `take --stop`, or a reboot).
     public static func resume(store: Store, name: String) throws -> RollbackResult {
-        let c = try Container(store: store, name: name)
-        try c.mustExist()
-        let lock = try c.lock()
-        defer { lock.release() }
-        try Recovery.finishInterrupted(c)
-        if c.isRunning { throw CrsnapError(.conflict, "container \"\(name)\" is running; resume is for a stopped container") }
-        guard let n = c.snapshotNumbers().last else {
-            throw CrsnapError(.notFound, "container \"\(name)\" has no snapshot to resume from")
+        try Container.locked(store: store, name: name) { c in
+            if c.isRunning { throw CrsnapError(.conflict, "container \"\(name)\" is running; resume is for a stopped container") }
+            guard let n = c.snapshotNumbers().last else {
+                throw CrsnapError(.notFound, "container \"\(name)\" has no snapshot to resume from")
+            }
+            return try rollbackLocked(c, n, preSnapshot: false)
         }
-        return try rollbackLocked(c, n, preSnapshot: false)
     }
 
     static func rollbackLocked(_ c: Container, _ n: Int, preSnapshot: Bool) throws -> RollbackResult {

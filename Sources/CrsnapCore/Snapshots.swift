@@ -5,15 +5,12 @@ import ProcessCR
 /// Listing and deleting snapshots.
 public enum Snapshots {
     public static func delete(store: Store, id: SnapshotID) throws {
-        let c = try Container(store: store, name: id.container)
-        try c.mustExist()
-        let lock = try c.lock()
-        defer { lock.release() }
-        try Recovery.finishInterrupted(c)
-        guard Sys.exists("\(c.snapshotDir(id.number))/manifest.json") else {
-            throw CrsnapError(.notFound, "no snapshot \(id) in store \(store.path)")
+        try Container.locked(store: store, name: id.container) { c in
+            guard Sys.exists("\(c.snapshotDir(id.number))/manifest.json") else {
+                throw CrsnapError(.notFound, "no snapshot \(id) in store \(store.path)")
+            }
+            try deleteLocked(c, id.number)
         }
-        try deleteLocked(c, id.number)
     }
 
     /// Journaled; removes the manifest first, so a half-deleted snapshot is

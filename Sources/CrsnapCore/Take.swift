@@ -71,21 +71,18 @@ public enum Take {
 
     public static func take(store: Store, name: String, _ o: TakeOptions) throws -> TakeResult {
         if let tag = o.tag { try Names.validate(tag, what: "tag") }
-        let c = try Container(store: store, name: name)
-        try c.mustExist()
-        let lock = try c.lock()
-        defer { lock.release() }
-        try Recovery.finishInterrupted(c)
-        try Faults.check("take.locked")
-        if let pre = o.pair {
-            let m = try c.manifest(pre)
-            guard m.snapshotRole == .pre else {
-                throw CrsnapError(.usage, "\(m.id) is not a pre snapshot (it is \(m.snapshotRole.rawValue)); a post pairs with a pre")
+        return try Container.locked(store: store, name: name) { c in
+            try Faults.check("take.locked")
+            if let pre = o.pair {
+                let m = try c.manifest(pre)
+                guard m.snapshotRole == .pre else {
+                    throw CrsnapError(.usage, "\(m.id) is not a pre snapshot (it is \(m.snapshotRole.rawValue)); a post pairs with a pre")
+                }
             }
+            let r = try takeLocked(c, o)
+            Retention.applyAfterTake(c)
+            return r
         }
-        let r = try takeLocked(c, o)
-        Retention.applyAfterTake(c)
-        return r
     }
 
     /// take with the container's lock held by the caller.

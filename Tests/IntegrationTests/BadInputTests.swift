@@ -64,12 +64,12 @@ final class BadInputTests: XCTestCase {
             BadCase(["rm", cname], 4, "running"),
             BadCase(["stop", "nobody"], 3, "nobody"),
         ]
-        let before = storeFingerprint()
+        let before = storeFingerprint([cname])
         for c in cases {
             let r = try crsnap(c.args)
             XCTAssertEqual(r.status, c.status, "crsnap \(c.args): exit \(r.status), stderr: \(r.stderr)")
             XCTAssertTrue(r.stderr.contains(c.mentions), "crsnap \(c.args): message should mention \"\(c.mentions)\": \(r.stderr)")
-            XCTAssertEqual(storeFingerprint(), before, "crsnap \(c.args) changed the store")
+            XCTAssertEqual(storeFingerprint([cname]), before, "crsnap \(c.args) changed the store")
         }
         // Environment and store-path input.
         let relStore = try crsnap(["ps"], store: "relative/store")
@@ -78,7 +78,7 @@ final class BadInputTests: XCTestCase {
         let missing = try crsnap(["list", cname], store: "/nonexistent-crsnap-store")
         XCTAssertEqual(missing.status, 3, missing.stderr)
         XCTAssertFalse(FileManager.default.fileExists(atPath: "/nonexistent-crsnap-store"), "a read command does not create a store")
-        XCTAssertEqual(storeFingerprint(), before)
+        XCTAssertEqual(storeFingerprint([cname]), before)
         // The container still runs, its remaining snapshot still restores.
         XCTAssertTrue(try crsnapOK(["ps"]).contains(cname))
         try crsnapOK(["rollback", "\(cname)@1"])

@@ -162,11 +162,21 @@ var workloadSource: String {
     return (try? String(contentsOf: here.appendingPathComponent("Workloads/counter.py"), encoding: .utf8)) ?? ""
 }
 
-/// A listing of every path under the store with sizes, to prove a command changed nothing.
-func storeFingerprint() -> [String] {
+/// A listing of the store's own files and those of the named containers (and
+/// of any container directory that is not another test's), to prove a
+/// command changed nothing. Other tests run containers in the same store
+/// concurrently (in other checkouts), so their directories are left out.
+func storeFingerprint(_ containers: [String]) -> [String] {
     guard let store = Env.store, let e = FileManager.default.enumerator(atPath: store) else { return [] }
     var out: [String] = []
     while let rel = e.nextObject() as? String {
+        let parts = rel.split(separator: "/")
+        if parts.first == "containers", parts.count >= 2 {
+            let name = String(parts[1])
+            let mine = containers.contains(name)
+            // Another test's container: not this test's business.
+            if !mine && name.hasPrefix("it-") { e.skipDescendants(); continue }
+        }
         // Live files the running containers keep changing are not the store's state.
         if rel.contains("/fs/") || rel.hasSuffix("/log") || rel.hasSuffix("/monitor.log") || rel.hasSuffix("state.json") { continue }
         if rel.hasSuffix("/fs") { e.skipDescendants() }
