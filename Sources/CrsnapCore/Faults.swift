@@ -1,3 +1,4 @@
+import FSSnapshot
 import Foundation
 #if canImport(Glibc)
 import Glibc
@@ -10,6 +11,9 @@ import Glibc
 ///
 /// CRSNAP_FAULT is a comma-separated list of `[MODE:]POINT`:
 ///   POINT or fail:POINT   the step throws an error naming the point
+///   enospc:POINT          the step fails as the filesystem would when full
+///                         (ENOSPC), to reach steps a real full store cannot
+///                         be made to fail at on demand
 ///   kill:POINT            crsnap SIGKILLs itself at the step
 ///   killafter=MS:POINT    at the step, crsnap arms a SIGKILL to itself MS
 ///                         milliseconds later (to die inside a long call)
@@ -29,7 +33,7 @@ import Glibc
 ///   delete.unlisted (manifest gone, snapshot directory still there).
 public enum Faults {
     public enum Action: Equatable {
-        case fail, kill, sleep(Int), killAfter(Int)
+        case fail, enospc, kill, sleep(Int), killAfter(Int)
     }
 
     public static var enabled: Bool { ProcessInfo.processInfo.environment["CRSNAP_TEST_HOOKS"] == "1" }
@@ -46,6 +50,7 @@ public enum Faults {
             let mode = String(item[..<colon])
             if mode == "fail" { return .fail }
             if mode == "kill" { return .kill }
+            if mode == "enospc" { return .enospc }
             if mode.hasPrefix("sleep="), let ms = Int(mode.dropFirst(6)) { return .sleep(ms) }
             if mode.hasPrefix("killafter="), let ms = Int(mode.dropFirst(10)) { return .killAfter(ms) }
         }
@@ -57,6 +62,8 @@ public enum Faults {
         switch a {
         case .fail:
             throw CrsnapError(.failed, "injected fault at \(point) (CRSNAP_FAULT)")
+        case .enospc:
+            throw SystemError("write", "\(point) (injected by CRSNAP_FAULT)", errno: ENOSPC)
         case .kill:
             FileHandle.standardError.write(Data("crsnap: test hook: SIGKILL at \(point)\n".utf8))
             kill(getpid(), SIGKILL)

@@ -168,8 +168,19 @@ public enum Rollback {
     /// The monitor must live through the kill: it is the parent of the
     /// restored tree and holds the container's output pipe.
     static func holdMonitor(_ c: Container, revert: Revert) throws {
-        if c.monitorAlive {
-            let r = try MonitorChannel.request(dir: c.dir, "hold")
+        var reply: String?
+        if c.monitorAlive, let s = c.state() {
+            do {
+                reply = try MonitorChannel.request(dir: c.dir, "hold")
+            } catch where !Proc.isAlive(s.initPid) {
+                // Its tree has ended and it is on its way out: let it go and
+                // start a fresh one.
+                guard Proc.waitGone(s.monitorPid, timeout: 5) else {
+                    throw CrsnapError(.failed, "rollback of \(c.name): the monitor (pid \(s.monitorPid)) neither answers nor exits: \(error)")
+                }
+            }
+        }
+        if let r = reply {
             guard r.hasPrefix("ok") else { throw CrsnapError(.failed, "rollback of \(c.name): the monitor refused: \(r)") }
         } else {
             try Lifecycle.spawnMonitor(c, idle: true)

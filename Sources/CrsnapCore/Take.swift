@@ -119,6 +119,9 @@ public enum Take {
         r.role = o.role
         r.pair = o.pair
         r.stopped = o.stop
+        // Stopped means the monitor has gone too: the next command on the
+        // container (resume) must not find it on its way out.
+        if o.stop { _ = Proc.waitGone(state.monitorPid, timeout: 5) }
         return r
     }
 

@@ -6,6 +6,17 @@ import Glibc
 
 /// What /proc says about processes.
 public enum Proc {
+    /// Waits until `pid` is gone (or a zombie), polling; false if it still
+    /// lives after `timeout` seconds.
+    public static func waitGone(_ pid: pid_t, timeout: Double) -> Bool {
+        let deadline = Date().addingTimeInterval(timeout)
+        while isAlive(pid) {
+            if Date() >= deadline { return false }
+            usleep(10_000)
+        }
+        return true
+    }
+
     public static func isAlive(_ pid: pid_t) -> Bool {
         guard pid > 0 else { return false }
         if kill(pid, 0) != 0 && errno == ESRCH { return false }

@@ -17,6 +17,7 @@ final class FaultsTests: XCTestCase {
         XCTAssertEqual(a("take.manifest", "take.manifest"), .fail)
         XCTAssertEqual(a("fail:take.manifest", "take.manifest"), .fail)
         XCTAssertEqual(a("kill:rollback.aside", "rollback.aside"), .kill)
+        XCTAssertEqual(a("enospc:take.fs-snapshot", "take.fs-snapshot"), .enospc)
         XCTAssertEqual(a("sleep=250:take.post-dump", "take.post-dump"), .sleep(250))
         XCTAssertEqual(a("killafter=40:rollback.restore", "rollback.restore"), .killAfter(40))
         XCTAssertEqual(a("kill:take.thawed,fail:take.manifest", "take.manifest"), .fail)

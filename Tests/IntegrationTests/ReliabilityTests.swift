@@ -175,6 +175,20 @@ final class CrashSafetyTests: ReliabilityCase {
         try assertHealthy(c, "after a kill inside delete")
     }
 
+    func testKillDuringPruneIsFinished() throws {
+        let c = try startCounter("it-killprune")
+        for _ in 1...3 { try crsnapOK(["take", c.name]) }
+        let r = try crsnap(["prune", c.name, "--keep-last", "1"], env: ["CRSNAP_FAULT": "kill:delete.unlisted"])
+        XCTAssertEqual(r.status, SIGKILL, r.stderr)
+        let left = try listed(c)
+        XCTAssertEqual(left.last, "\(c.name)@3", "the newest is kept")
+        XCTAssertLessThan(left.count, 3, "the snapshot being deleted is no longer listed")
+        // The next command finishes that delete; a second prune the rest.
+        try crsnapOK(["prune", c.name, "--keep-last", "1"])
+        XCTAssertEqual(try listed(c), ["\(c.name)@3"])
+        try assertHealthy(c, "after a kill inside prune")
+    }
+
     /// A stopped container whose rollback was interrupted: doctor --repair
     /// finishes it (an idle monitor restores the tree).
     func testInterruptedRollbackOfStoppedContainerIsFinished() throws {
