@@ -65,6 +65,9 @@ public struct Manifest: Codable, Equatable {
         /// Bytes copied inside the freeze because the store cannot snapshot
         /// (a copy store); absent on btrfs.
         public var copied_bytes: UInt64?
+        /// Bytes of the copy that were cloned (reflink), not copied: a copy
+        /// store on a filesystem that clones files; absent elsewhere.
+        public var reflinked_bytes: UInt64? = nil
         /// Hashing the images (after the thaw, outside the freeze).
         public var checksum_ms: Double? = nil
     }

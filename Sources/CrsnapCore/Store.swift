@@ -40,6 +40,8 @@ public final class Store {
         /// "copy" for a store kept as plain directories on a filesystem
         /// without subvolumes (`crsnap init --backend copy`); nil: btrfs.
         var backend: String?
+        /// A copy store whose filesystem clones files (xfs with reflink=1).
+        var reflink: Bool? = nil
     }
 
     /// What `crsnap init --backend` asks for.
@@ -85,16 +87,17 @@ public final class Store {
         if let copyHeader, copyHeader.backend == Kind.copy.rawValue {
             if kind == .btrfs { throw CrsnapError(.usage, "store \(path) is a copy store; it cannot become a btrfs store") }
             try Sys.mkdir("\(path)/containers", mode: 0o700, existOK: true)
-            return Store(path: path, root: path, id: copyHeader.id, backend: CopyBackend(), usesImage: false)
+            return Store(path: path, root: path, id: copyHeader.id, backend: CopyBackend(reflinks: copyHeader.reflink ?? false), usesImage: false)
         }
         if kind == .copy {
             if Sys.exists("\(path)/crsnap-store.json") || Sys.exists("\(path)/\(imageName)") {
                 throw CrsnapError(.usage, "store \(path) already exists as a btrfs store")
             }
-            let header = Header(format: 1, id: String(format: "%08x", UInt32.random(in: 0...UInt32.max)), backend: Kind.copy.rawValue)
+            let header = Header(format: 1, id: String(format: "%08x", UInt32.random(in: 0...UInt32.max)), backend: Kind.copy.rawValue,
+                                reflink: CopyBackend.probeReflink(in: path))
             try JSON.write(header, to: "\(path)/crsnap-store.json")
             try Sys.mkdir("\(path)/containers", mode: 0o700, existOK: true)
-            return Store(path: path, root: path, id: header.id, backend: CopyBackend(), usesImage: false)
+            return Store(path: path, root: path, id: header.id, backend: CopyBackend(reflinks: header.reflink ?? false), usesImage: false)
         }
         var root = path
         var usesImage = false
@@ -186,7 +189,9 @@ public final class Store {
     public var costNote: String {
         backend.capabilities.contains(.constantTimeSnapshot)
             ? "a take's filesystem snapshot is O(1) (\(backend.name) snapshot), whatever the data size"
-            : "no subvolumes here: every take copies the container's writable files inside the freeze (reflinks where the filesystem has them, else the bytes); use btrfs for O(1) snapshots"
+            : backend.capabilities.contains(.cloneCopies)
+            ? "no subvolumes here, but the filesystem clones files: every take clones the container's writable files inside the freeze (time grows with their number, not their size); use btrfs for O(1) snapshots"
+            : "no subvolumes here: every take copies the container's writable files inside the freeze (time grows with their size); use btrfs for O(1) snapshots"
     }
 
     /// Opens an existing store without creating anything (for read-only commands).

@@ -185,8 +185,11 @@ public enum Take {
             let hashMs = Double(DispatchTime.now().uptimeNanoseconds - h0.uptimeNanoseconds) / 1e6
             var stats = Manifest.Stats(frozen_ms: dumpStats.frozenMs, fs_snapshot_ms: fsMs, dump_ms: dumpMs,
                                        images_bytes: Sys.treeSize(images), checksum_ms: hashMs)
-            if !c.store.backend.capabilities.contains(.constantTimeSnapshot) {
-                stats.copied_bytes = Sys.treeSize(fsSnap)
+            let caps = c.store.backend.capabilities
+            if !caps.contains(.constantTimeSnapshot) {
+                let size = Sys.treeSize(fsSnap)
+                stats.copied_bytes = caps.contains(.cloneCopies) ? 0 : size
+                if caps.contains(.cloneCopies) { stats.reflinked_bytes = size }
             }
             var m = manifest(number, stats)
             m.images_sha256 = sums

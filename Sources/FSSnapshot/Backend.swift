@@ -8,6 +8,9 @@ public struct BackendCapabilities: OptionSet, Sendable {
     public static let constantTimeSnapshot = BackendCapabilities(rawValue: 1 << 0)
     /// Snapshots can be made read-only.
     public static let readOnlySnapshots = BackendCapabilities(rawValue: 1 << 1)
+    /// A copy shares the files' extents (reflink) instead of copying their
+    /// bytes: its cost follows the number of files, not their size.
+    public static let cloneCopies = BackendCapabilities(rawValue: 1 << 2)
 }
 
 /// A filesystem that can hold a container's writable volume and snapshot it.

@@ -114,12 +114,15 @@ final class StoreImageTests: XCTestCase {
     }
 }
 
-/// A store on a filesystem without subvolumes (ext4 on a loop image): the
-/// overlay root still works, snapshots are copies, and take says how much.
+/// Stores on filesystems without subvolumes (loop images): the overlay root
+/// still works, snapshots are copies, and take says what they cost — bytes
+/// copied on ext4, bytes cloned (none copied) on xfs with reflink.
 final class CopyStoreTests: XCTestCase {
-    func testExt4StoreCopiesAndRollsBack() throws {
+    /// Makes a 1 GiB `fs` loop image, a copy store on it, runs the counter
+    /// workload, takes and rolls back; returns take's stats.
+    func copyStoreRoundTrip(_ fs: String, mkfs: [String], doctorSays: String) throws -> [String: Any] {
         try Env.require()
-        let dir = "/var/tmp/crsnap-it-ext4-\(getpid())"
+        let dir = "/var/tmp/crsnap-it-\(fs)-\(getpid())"
         let mnt = "\(dir)/mnt"
         try FileManager.default.createDirectory(atPath: mnt, withIntermediateDirectories: true)
         defer {
@@ -127,17 +130,18 @@ final class CopyStoreTests: XCTestCase {
             try? Mounts.unmount(mnt, lazy: true)
             try? FileManager.default.removeItem(atPath: dir)
         }
-        XCTAssertTrue(FileManager.default.createFile(atPath: "\(dir)/ext4.img", contents: nil))
-        XCTAssertEqual(truncate("\(dir)/ext4.img", 1 << 30), 0)
-        try Program.run(["mkfs.ext4", "-q", "-F", "\(dir)/ext4.img"])
-        try Mounts.mount(source: "\(dir)/ext4.img", target: mnt, type: "ext4", options: "loop")
+        let image = "\(dir)/\(fs).img"
+        XCTAssertTrue(FileManager.default.createFile(atPath: image, contents: nil))
+        XCTAssertEqual(truncate(image, 1 << 30), 0)
+        try Program.run(mkfs + [image])
+        try Mounts.mount(source: image, target: mnt, type: fs, options: "loop")
         let store = "\(mnt)/store"
         let initOut = try crsnap(["init", "--backend", "copy", "--json"], store: store)
         XCTAssertEqual(initOut.status, 0, initOut.stderr)
         XCTAssertTrue(initOut.stdout.contains("\"backend\" : \"copy\""), initOut.stdout)
         XCTAssertFalse(FileManager.default.fileExists(atPath: "\(store)/btrfs.img"), "no btrfs image on a copy store")
         let doctor = try crsnap(["doctor"], store: store)
-        XCTAssertTrue(doctor.stdout.contains("copies the container's writable files inside the freeze"), doctor.stdout)
+        XCTAssertTrue(doctor.stdout.contains(doctorSays), "doctor on \(fs): \(doctor.stdout)")
 
         XCTAssertEqual(try crsnap(["run", "e", "--env", "UNLINKED_MIB=1", "--", "python3", "-c", workloadSource], store: store).status, 0)
         let log = "\(store)/containers/e/fs/upper/var/lib/crsnap-workload/log"
@@ -145,7 +149,6 @@ final class CopyStoreTests: XCTestCase {
         let take = try crsnap(["take", "e", "--json"], store: store)
         XCTAssertEqual(take.status, 0, take.stderr)
         let stats = (try JSONSerialization.jsonObject(with: Data(take.stdout.utf8)) as! [String: Any])["stats"] as! [String: Any]
-        XCTAssertGreaterThan((stats["copied_bytes"] as? NSNumber)?.intValue ?? 0, 0, "take reports the bytes it copied: \(stats)")
         let snapLast = counterLines("\(store)/containers/e/snapshots/1/fs/upper/var/lib/crsnap-workload/log").last ?? 0
         XCTAssertGreaterThan(snapLast, 0)
         usleep(300_000)
@@ -153,9 +156,24 @@ final class CopyStoreTests: XCTestCase {
         XCTAssertEqual(rb.status, 0, rb.stderr)
         XCTAssertTrue(waitFor(10) { (counterLines(log).last ?? 0) > snapLast + 5 })
         let lines = counterLines(log)
-        XCTAssertEqual(lines, Array(1...lines.count), "memory agrees with the copied files")
+        XCTAssertEqual(lines, Array(1...lines.count), "memory agrees with the copied files on \(fs)")
         let bad = try crsnap(["init", "--backend", "zfs"], store: store)
         XCTAssertEqual(bad.status, 64)
         XCTAssertTrue(bad.stderr.contains("zfs"), bad.stderr)
+        return stats
+    }
+
+    func testExt4StoreCopiesAndRollsBack() throws {
+        let stats = try copyStoreRoundTrip("ext4", mkfs: ["mkfs.ext4", "-q", "-F"],
+                                           doctorSays: "copies the container's writable files inside the freeze")
+        XCTAssertGreaterThan((stats["copied_bytes"] as? NSNumber)?.intValue ?? 0, 0, "take reports the bytes it copied: \(stats)")
+        XCTAssertNil(stats["reflinked_bytes"], "ext4 clones nothing: \(stats)")
+    }
+
+    func testXfsReflinkStoreClonesAndRollsBack() throws {
+        let stats = try copyStoreRoundTrip("xfs", mkfs: ["mkfs.xfs", "-q", "-f", "-m", "reflink=1"],
+                                           doctorSays: "the filesystem clones files")
+        XCTAssertEqual((stats["copied_bytes"] as? NSNumber)?.intValue, 0, "xfs with reflink copies no bytes: \(stats)")
+        XCTAssertGreaterThan((stats["reflinked_bytes"] as? NSNumber)?.intValue ?? 0, 0, "take reports the bytes it cloned: \(stats)")
     }
 }
