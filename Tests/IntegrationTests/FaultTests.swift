@@ -65,4 +65,50 @@ final class FaultTests: ReliabilityCase {
         XCTAssertTrue(logs.contains("watchdog"), "the monitor says so in the container's log: \(logs.suffix(400))")
         try assertHealthy(c, "after the monitor's thaw")
     }
+    /// Restoring images is a trust boundary: the monitor restores only its
+    /// own container's snapshots into its own root, whatever a client asks.
+    func testMonitorRefusesForeignImages() throws {
+        let c = try startCounter("it-foreign")
+        let other = try startCounter("it-foreign-other")
+        try crsnapOK(["take", other.name])
+        let pids = c.namespacePids
+        let root = "\(c.dir)/root"
+        let asks = [
+            "\(other.dir)/snapshots/1/images",                       // another container's snapshot
+            "\(c.dir)/snapshots/1/../../../\(other.name)/snapshots/1/images",  // a way out by ..
+            "/var/tmp/crsnap-foreign-images",                        // outside the store
+        ]
+        for images in asks {
+            let reply = try monitorRequest(c, ["restore", images, root, "", "foreign"].joined(separator: "\n"))
+            XCTAssertTrue(reply.hasPrefix("err refusing to restore"), "\(images): \(reply)")
+        }
+        let reply = try monitorRequest(c, ["restore", "\(c.dir)/snapshots/1/images", "/", "", "x"].joined(separator: "\n"))
+        XCTAssertTrue(reply.hasPrefix("err refusing to restore"), "another root: \(reply)")
+        XCTAssertEqual(c.namespacePids, pids, "the container runs on untouched")
+        try assertHealthy(c, "after foreign restore requests")
+    }
+
+    /// One request on the container's monitor socket (SOCK_SEQPACKET), its reply.
+    func monitorRequest(_ c: TestContainer, _ text: String) throws -> String {
+        let fd = socket(AF_UNIX, Int32(SOCK_SEQPACKET.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        XCTAssertGreaterThanOrEqual(fd, 0)
+        defer { close(fd) }
+        var addr = sockaddr_un()
+        addr.sun_family = sa_family_t(AF_UNIX)
+        let path = Array("\(c.dir)/monitor.sock".utf8)
+        XCTAssertLessThan(path.count, MemoryLayout.size(ofValue: addr.sun_path))
+        withUnsafeMutableBytes(of: &addr.sun_path) { raw in
+            for (i, b) in path.enumerated() { raw[i] = b }
+        }
+        let ok = withUnsafePointer(to: &addr) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        }
+        XCTAssertEqual(ok, 0, "connect to \(c.name)'s monitor: errno \(errno)")
+        let bytes = Array(text.utf8)
+        XCTAssertEqual(bytes.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, 0) }, bytes.count)
+        var buf = [UInt8](repeating: 0, count: 65536)
+        let n = buf.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
+        XCTAssertGreaterThan(n, 0, "a reply")
+        return String(decoding: buf[0..<max(n, 0)], as: UTF8.self)
+    }
 }
