@@ -15,6 +15,8 @@
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <linux/close_range.h>
+#include <linux/fs.h>
+#include <sys/ioctl.h>
 
 extern char **environ;
 
@@ -287,4 +289,8 @@ int crsnap_close_range_from(int first) {
 
 int crsnap_pipe2(int fds[2], int flags) {
     return pipe2(fds, flags);
+}
+
+int crsnap_ficlone(int dst, int src) {
+    return ioctl(dst, FICLONE, src);
 }

@@ -22,7 +22,8 @@ import Glibc
 /// Points, in order:
 ///   take.locked, take.pre-dump, take.post-dump (frozen, before the fs
 ///   snapshot), take.fs-snapshot (frozen, in place of the fs snapshot),
-///   take.fs-snapshotted (frozen, right after it), take.thawed (CRIU returned, before checksums),
+///   take.fs-snapshotted (frozen, right after it), take.unlinked (frozen,
+///   before the unlinked open files are captured), take.thawed (CRIU returned, before checksums),
 ///   take.manifest (before it is written), take.renamed (snapshot in place,
 ///   journal not ended);
 ///   rollback.verified, rollback.killed (tree killed, volumes untouched),
@@ -31,6 +32,9 @@ import Glibc
 ///   rollback.restoring (the monitor has the restore request; crsnap has not
 ///   had the reply), rollback.restored (running, old volume not yet deleted);
 ///   delete.unlisted (manifest gone, snapshot directory still there).
+///
+/// Switches (any mode): take.no-reflink makes the capture of unlinked open
+/// files copy their bytes, as on a filesystem that cannot clone.
 public enum Faults {
     public enum Action: Equatable {
         case fail, enospc, kill, sleep(Int), killAfter(Int)

@@ -70,6 +70,29 @@ public struct Manifest: Codable, Equatable {
         public var reflinked_bytes: UInt64? = nil
         /// Hashing the images (after the thaw, outside the freeze).
         public var checksum_ms: Double? = nil
+        /// Total size of the unlinked open files captured beside the images.
+        public var unlinked_bytes: UInt64? = nil
+    }
+
+    /// An open file whose last name was gone at the frozen instant (unlinked
+    /// or O_TMPFILE), captured as unlinked/FILE and handed back to CRIU on
+    /// restore as the external file `key`.
+    public struct UnlinkedFile: Codable, Equatable {
+        /// CRIU's external id, "file[MNT_ID:INODE]".
+        public var key: String
+        /// The path it had.
+        public var path: String
+        public var size: UInt64
+        public var mode: UInt32
+        public var uid: UInt32
+        public var gid: UInt32
+        /// The copy's name under the snapshot's unlinked/ directory.
+        public var file: String
+        /// How its bytes were captured: reflinked (shared extents) or copied.
+        public var captured: FileClone.How
+        /// Held as an fd, mapped, or both.
+        public var held: Bool
+        public var mapped: Bool
     }
 
     public var format: Int = 1
@@ -94,6 +117,11 @@ public struct Manifest: Codable, Equatable {
     public var stopped: Bool?
     /// The container's volumes at the time; `snapshotted` ones are in volumes/KEY.
     public var volumes: [Volume]?
+
+    /// Unlinked open files captured with the snapshot (in unlinked/).
+    public var unlinked: [UnlinkedFile]? = nil
+    /// tmpfs mounts of the container; CRIU keeps their contents in the images.
+    public var tmpfs: [String]? = nil
 
     public var snapshotRole: SnapshotRole { role ?? .single }
     /// SHA-256 of each CRIU image file (name → hex), checked before a restore.

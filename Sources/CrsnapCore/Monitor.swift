@@ -211,10 +211,16 @@ public final class Monitor {
             initPid = 0
         }
         guard initPid == 0 else { return "err the container is still running (pid \(initPid))" }
+        var unlinked: [(key: String, fd: Int32)] = []
+        defer { for (_, fd) in unlinked { Sys.close(fd) } }
         do {
             let criu = try Criu.locate()
             var req = RestoreRequest(imagesDir: images, root: root)
             if !pipeKey.isEmpty { req.inheritFds = [(key: pipeKey, fd: pipeW)] }
+            // The snapshot's unlinked open files, placed in the root by the
+            // rollback: unlinked again here, handed to CRIU by key.
+            unlinked = try Unlinked.open(try container.manifest(Int(parts[0])!), root: root)
+            req.inheritFds += unlinked
             req.external = (config.volumes ?? []).map { "mnt[\($0.key)]:\($0.host)" }
             let cg = cgroup
             let pid = try Checkpointer(criu: criu).restore(req) { criuPid in try cg.add(criuPid) }

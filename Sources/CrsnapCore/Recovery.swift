@@ -199,9 +199,12 @@ enum Recovery {
 
     /// CRIU names the extra hard links it makes for open files whose path was
     /// unlinked `link_remap.N`, next to the file, and removes them when the
-    /// dump ends; a dump cut short may leave them in the container's files.
+    /// dump ends; a dump cut short may leave them in the container's files,
+    /// as a take cut short in its capture of unlinked files may leave its
+    /// scratch directory.
     static func sweepLinkRemaps(_ c: Container) throws {
         guard let config = try? c.config() else { return }
+        Unlinked.sweep(c, kind: config.kind)
         let files = ContainerRoot.filesDir(volume: c.volume, kind: config.kind)
         guard let e = FileManager.default.enumerator(atPath: files) else { return }
         while let rel = e.nextObject() as? String {

@@ -158,11 +158,18 @@ public enum Rollback {
     static func aside(_ c: Container) -> String { "\(c.dir)/fs.prev" }
     static func next(_ c: Container) -> String { "\(c.dir)/fs.next" }
 
-    /// A writable clone of snapshot `n`'s volume at fs.next.
+    /// A writable clone of snapshot `n`'s volume at fs.next, with the
+    /// snapshot's unlinked open files put in place for the restore.
     static func cloneSnapshot(_ c: Container, _ n: Int) throws {
         let backend = c.store.backend
         if backend.isVolume(next(c)) { try backend.deleteVolume(next(c)) }
         try backend.snapshot("\(c.snapshotDir(n))/fs", to: next(c), readOnly: false)
+        do {
+            try Unlinked.place(try c.manifest(n), from: c.snapshotDir(n), volume: next(c), kind: try c.config().kind)
+        } catch {
+            try? backend.deleteVolume(next(c))
+            throw error
+        }
     }
 
     /// The monitor must live through the kill: it is the parent of the

@@ -31,6 +31,13 @@ public protocol TakeSteps: AnyObject {
     func ensureThawed() throws
     func deleteVolume(_ path: String) throws
     func isVolume(_ path: String) -> Bool
+    /// Capture the unlinked open files found before the dump into `dir`
+    /// (tasks are frozen, the volume already snapshotted).
+    func captureUnlinked(into dir: String) throws -> Unlinked.Captured
+}
+
+extension TakeSteps {
+    public func captureUnlinked(into dir: String) throws -> Unlinked.Captured { Unlinked.Captured() }
 }
 
 public struct TakeResult: Codable {
@@ -95,6 +102,7 @@ public enum Take {
         let steps = RealTakeSteps(container: c, criu: criu, initPid: initPid, cgroup: cg)
         steps.leaveRunning = !o.stop
         steps.volumes = config.volumes ?? []
+        steps.kind = config.kind
         let nsPid = Proc.nsPids(initPid).last ?? 0
         var r: TakeResult
         do {
@@ -106,6 +114,7 @@ public enum Take {
                 m.pair = o.pair
                 m.stopped = o.stop ? true : nil
                 m.volumes = config.volumes
+                m.tmpfs = config.tmpfs
                 return m
             }
         } catch {
@@ -156,6 +165,7 @@ public enum Take {
 
             var fsMs = 0.0
             var snapshotted = false
+            var unlinked = Unlinked.Captured()
             let t0 = DispatchTime.now()
             let dumpStats = try steps.dump(imagesDir: images, onPreDump: {
                 try Faults.check("take.pre-dump")
@@ -166,6 +176,7 @@ public enum Take {
                 try Faults.check("take.fs-snapshot")
                 try steps.snapshotVolume(to: fsSnap)
                 try Faults.check("take.fs-snapshotted")
+                unlinked = try steps.captureUnlinked(into: "\(staging)/unlinked")
                 fsMs = Double(DispatchTime.now().uptimeNanoseconds - s.uptimeNanoseconds) / 1e6
                 snapshotted = true
             })
@@ -191,8 +202,14 @@ public enum Take {
                 stats.copied_bytes = caps.contains(.cloneCopies) ? 0 : size
                 if caps.contains(.cloneCopies) { stats.reflinked_bytes = size }
             }
+            if !unlinked.files.isEmpty {
+                stats.unlinked_bytes = unlinked.files.reduce(0) { $0 + $1.size }
+                stats.copied_bytes = (stats.copied_bytes ?? 0) + unlinked.copiedBytes
+                stats.reflinked_bytes = (stats.reflinked_bytes ?? 0) + unlinked.reflinkedBytes
+            }
             var m = manifest(number, stats)
             m.images_sha256 = sums
+            m.unlinked = unlinked.files.isEmpty ? nil : unlinked.files
             try JSON.write(m, to: "\(staging)/manifest.json")
             let final = c.snapshotDir(number)
             try Sys.rename(staging, final)
@@ -214,6 +231,9 @@ final class RealTakeSteps: TakeSteps, CriuNotifyHandler {
     var postDump: (() throws -> Void)?
     var leaveRunning = true
     var volumes: [Volume] = []
+    var kind = RootKind.overlay
+    /// Found before the dump, declared external, captured in post-dump.
+    var unlinked: [UnlinkedOpenFile] = []
 
     init(container: Container, criu: Criu, initPid: pid_t, cgroup: FreezerCgroup) {
         self.container = container
@@ -243,7 +263,21 @@ final class RealTakeSteps: TakeSteps, CriuNotifyHandler {
         req.leaveRunning = leaveRunning
         // Bind mounts from the host are external to CRIU: "mnt[PATH]:KEY".
         req.external = volumes.map { "mnt[\($0.container)]:\($0.key)" }
+        // Unlinked open files are referenced, not copied, by CRIU: crsnap
+        // clones them while the tasks are frozen.
+        unlinked = Unlinked.scan(cgroup.procs())
+        defer {
+            OpenFiles.close(unlinked)
+            unlinked = []
+        }
+        req.external += unlinked.map(\.key)
         return try Checkpointer(criu: criu).dump(req, handler: self)
+    }
+
+    func captureUnlinked(into dir: String) throws -> Unlinked.Captured {
+        try Faults.check("take.unlinked")
+        return try Unlinked.capture(unlinked, into: dir, container: container, kind: kind,
+                                    reflink: Faults.action(at: "take.no-reflink") == nil)
     }
 
     func criuNotify(_ script: String, pid: Int32) throws {

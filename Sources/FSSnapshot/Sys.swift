@@ -94,6 +94,13 @@ public enum Sys {
         return UInt(bitPattern: Int(s.f_type))
     }
 
+    /// The filesystem magic of the filesystem holding the open file `fd`.
+    public static func filesystemType(fd: Int32) -> UInt? {
+        var s = CLibmount.statfs()
+        guard fstatfs(fd, &s) == 0 else { return nil }
+        return UInt(bitPattern: Int(s.f_type))
+    }
+
     public static func syncfs(_ path: String) throws {
         let fd = try open(path, O_RDONLY | O_DIRECTORY)
         defer { close(fd) }

@@ -38,8 +38,13 @@ public enum Proc {
 
     /// The "pipe:[inode]" name of an fd, as CRIU names it in inherit_fd keys.
     public static func fdTarget(pid: pid_t, fd: Int32) -> String? {
-        var buf = [CChar](repeating: 0, count: 256)
-        let n = readlink("/proc/\(pid)/fd/\(fd)", &buf, buf.count - 1)
+        fdTarget(path: "/proc/\(pid)/fd/\(fd)")
+    }
+
+    /// What a /proc magic link (fd/N, map_files/RANGE) points at.
+    public static func fdTarget(path: String) -> String? {
+        var buf = [CChar](repeating: 0, count: Int(PATH_MAX) + 16)
+        let n = readlink(path, &buf, buf.count - 1)
         guard n > 0 else { return nil }
         return String(decoding: buf[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
     }

@@ -70,4 +70,8 @@ int crsnap_set_child_subreaper(void);
 int crsnap_syncfs(int fd);
 int crsnap_close_range_from(int first);
 
+/// FICLONE: make `dst` share all of `src`'s extents (both open files of one
+/// filesystem). 0 or -1 (errno: EXDEV, EOPNOTSUPP, EINVAL where it cannot).
+int crsnap_ficlone(int dst, int src);
+
 #endif
