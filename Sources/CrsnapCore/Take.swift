@@ -205,7 +205,7 @@ public enum Take {
             if !unlinked.files.isEmpty {
                 stats.unlinked_bytes = unlinked.files.reduce(0) { $0 + $1.size }
                 stats.copied_bytes = (stats.copied_bytes ?? 0) + unlinked.copiedBytes
-                stats.reflinked_bytes = (stats.reflinked_bytes ?? 0) + unlinked.reflinkedBytes
+                if unlinked.reflinkedBytes > 0 { stats.reflinked_bytes = (stats.reflinked_bytes ?? 0) + unlinked.reflinkedBytes }
             }
             var m = manifest(number, stats)
             m.images_sha256 = sums

@@ -157,10 +157,22 @@ final class CopyStoreTests: XCTestCase {
         XCTAssertTrue(waitFor(10) { (counterLines(log).last ?? 0) > snapLast + 5 })
         let lines = counterLines(log)
         XCTAssertEqual(lines, Array(1...lines.count), "memory agrees with the copied files on \(fs)")
+        // The workload checks its unlinked and O_TMPFILE files every 10 steps.
+        XCTAssertTrue(waitFor(10) { (counterLines(log).last ?? 0) > snapLast + 25 })
+        let said = try crsnap(["logs", "e"], store: store).stdout
+        XCTAssertFalse(said.contains("ERR"), "the unlinked files read back after the rollback on \(fs): \(said.suffix(400))")
+        let manifest = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: "\(store)/containers/e/snapshots/1/manifest.json"))) as! [String: Any]
+        var result = stats
+        result["unlinked"] = manifest["unlinked"]
         let bad = try crsnap(["init", "--backend", "zfs"], store: store)
         XCTAssertEqual(bad.status, 64)
         XCTAssertTrue(bad.stderr.contains("zfs"), bad.stderr)
-        return stats
+        return result
+    }
+
+    /// How the snapshot captured the workload's unlinked and O_TMPFILE files.
+    func capturedHow(_ stats: [String: Any]) -> [String] {
+        ((stats["unlinked"] as? [[String: Any]]) ?? []).compactMap { $0["captured"] as? String }
     }
 
     func testExt4StoreCopiesAndRollsBack() throws {
@@ -168,6 +180,7 @@ final class CopyStoreTests: XCTestCase {
                                            doctorSays: "copies the container's writable files inside the freeze")
         XCTAssertGreaterThan((stats["copied_bytes"] as? NSNumber)?.intValue ?? 0, 0, "take reports the bytes it copied: \(stats)")
         XCTAssertNil(stats["reflinked_bytes"], "ext4 clones nothing: \(stats)")
+        XCTAssertEqual(capturedHow(stats), ["copied", "copied"], "ext4: the unlinked and O_TMPFILE files are copied: \(stats)")
     }
 
     func testXfsReflinkStoreClonesAndRollsBack() throws {
@@ -175,5 +188,6 @@ final class CopyStoreTests: XCTestCase {
                                            doctorSays: "the filesystem clones files")
         XCTAssertEqual((stats["copied_bytes"] as? NSNumber)?.intValue, 0, "xfs with reflink copies no bytes: \(stats)")
         XCTAssertGreaterThan((stats["reflinked_bytes"] as? NSNumber)?.intValue ?? 0, 0, "take reports the bytes it cloned: \(stats)")
+        XCTAssertEqual(capturedHow(stats), ["reflinked", "reflinked"], "xfs: the unlinked and O_TMPFILE files are cloned: \(stats)")
     }
 }
