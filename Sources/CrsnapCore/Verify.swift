@@ -90,6 +90,16 @@ public enum Verify {
         } else if c.store.backend.capabilities.contains(.readOnlySnapshots), (try? Btrfs.isReadOnly(fs)) != true {
             problems.append("its filesystem snapshot \(fs) is not read-only")
         }
+        for f in m.unlinked ?? [] {
+            let saved = "\(dir)/unlinked/\(f.file)"
+            guard let st = try? Sys.fileStatus(saved), (st.st_mode & S_IFMT) == S_IFREG else {
+                problems.append("the unlinked file \(f.path) it holds (\(saved)) is missing")
+                continue
+            }
+            if UInt64(st.st_size) != f.size {
+                problems.append("the unlinked file \(f.path) it holds (\(saved)) has \(st.st_size) bytes, not \(f.size)")
+            }
+        }
         let images = "\(dir)/images"
         if !Sys.exists("\(images)/inventory.img") {
             problems.append("\(images)/inventory.img is missing")

@@ -22,7 +22,7 @@ struct Crsnap: ParsableCommand {
         guard exits with its command's status after rolling back.
         """,
         subcommands: [
-            RunCommand.self, PsCommand.self, TakeCommand.self, ListCommand.self, RollbackCommand.self,
+            RunCommand.self, PsCommand.self, TakeCommand.self, ListCommand.self, ShowCommand.self, RollbackCommand.self,
             GuardCommand.self, DiffCommand.self, PruneCommand.self, ResumeCommand.self,
             ExecCommand.self, LogsCommand.self, StopCommand.self, RmCommand.self, DeleteCommand.self,
             CompletionCommand.self,
@@ -62,7 +62,7 @@ func reporting<T>(_ body: () throws -> T) throws -> T {
 
 func printJSON<T: Encodable>(_ value: T) throws {
     let e = JSONEncoder()
-    e.outputFormatting = [.prettyPrinted, .sortedKeys]
+    e.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
     e.dateEncodingStrategy = .iso8601
     print(String(decoding: try e.encode(value), as: UTF8.self))
 }

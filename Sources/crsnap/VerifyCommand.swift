@@ -9,7 +9,8 @@ struct VerifyCommand: ParsableCommand {
         discussion: """
         Checks that the manifest parses and names this snapshot, that every CRIU
         image matches the SHA-256 recorded at take time (and that no image was
-        added), and that the filesystem snapshot exists and is read-only.
+        added), that the filesystem snapshot exists and is read-only, and that
+        the unlinked open files it captured are there with their sizes.
         rollback runs the same checks first. Changes nothing. Exits 1 when the
         snapshot is damaged, naming each problem.
         """

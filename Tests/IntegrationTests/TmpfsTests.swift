@@ -46,6 +46,8 @@ final class TmpfsTests: XCTestCase {
         XCTAssertTrue(mounts.contains("tmpfs /dev/shm tmpfs"), mounts)
         for _ in 1...3 {
             let id = try crsnapOK(["take", cname]).trimmingCharacters(in: .whitespacesAndNewlines)
+            let shown = try crsnapOK(["show", id])
+            XCTAssertTrue(shown.contains("/tmp  ") && shown.contains("/dev/shm") && shown.contains("contents in the CRIU images"), shown)
             let atTake = Int(try crsnapOK(["exec", cname, "--", "cat", "/tmp/state"])) ?? 0
             usleep(400_000)
             try crsnapOK(["rollback", id])
@@ -99,6 +101,11 @@ final class VolumeTests: XCTestCase {
         let manifest = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: "\(Env.store!)/containers/\(cname)/snapshots/1/manifest.json"))) as! [String: Any]
         let vols = manifest["volumes"] as! [[String: Any]]
         XCTAssertEqual(vols.map { $0["snapshotted"] as? Bool }, [true, false], "the manifest says which volumes were snapshotted")
+        let show = try JSONSerialization.jsonObject(with: Data(try crsnapOK(["show", id, "--json"]).utf8)) as! [String: Any]
+        let shownVols = (show["volumes"] as? [[String: Any]]) ?? []
+        XCTAssertEqual(shownVols.map { $0["mount"] as? String }, ["/data", "/plain"], "\(show)")
+        XCTAssertEqual(shownVols.map { $0["snapshotted"] as? Bool }, [true, false], "show says which volumes are rolled back")
+        XCTAssertTrue(try crsnapOK(["show", id]).contains("no (not a btrfs subvolume on the store)"))
         let atSnapshot = Int(try String(contentsOfFile: "\(Env.store!)/containers/\(cname)/snapshots/1/volumes/vol0/c", encoding: .utf8)) ?? 0
         XCTAssertGreaterThan(atSnapshot, 0)
         // Files made after the take: rolled back in the subvolume, kept in the plain directory.

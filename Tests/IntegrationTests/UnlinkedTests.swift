@@ -79,6 +79,15 @@ final class UnlinkedTests: XCTestCase {
         } else {
             XCTAssertGreaterThan((stats["copied_bytes"] as? NSNumber)?.intValue ?? 0, 0, "copies are reported: \(stats)")
         }
+        // show lists them: the path each had, its size, how it was captured.
+        let show = try JSONSerialization.jsonObject(with: Data(try crsnapOK(["show", id, "--json"]).utf8)) as! [String: Any]
+        let shown = (show["unlinked"] as? [[String: Any]]) ?? []
+        XCTAssertEqual(Set(shown.compactMap { $0["path"] as? String }), paths, "\(show)")
+        XCTAssertEqual(shown.reduce(0) { $0 + (($1["size"] as? NSNumber)?.intValue ?? 0) }, total)
+        XCTAssertEqual(Set(shown.compactMap { $0["captured"] as? String }), [expectCaptured])
+        let fsShown = (show["filesystems"] as? [[String: Any]]) ?? []
+        XCTAssertEqual(fsShown.first?["captured"] as? String, "btrfs snapshot", "\(show)")
+        XCTAssertTrue(try crsnapOK(["show", id]).contains("/var/lib/crsnap-unlinked/sparse"))
         let images = ((try? FileManager.default.contentsOfDirectory(atPath: "\(Env.store!)/containers/\(cname)/snapshots/1/images")) ?? [])
         XCTAssertFalse(images.contains { $0.hasPrefix("ghost") }, "CRIU copied no ghost file: \(images)")
 
@@ -108,6 +117,35 @@ final class UnlinkedTests: XCTestCase {
     /// 256 MiB of real data and a 1 GiB sparse file on a subvolume root.
     func testUnlinkedFilesOnASubvolumeRootWith256MiBOfRealData() throws {
         try roundTrip(rootfs: true, env: ["REAL_MIB=256"], expectCaptured: "reflinked")
+    }
+
+    /// A take killed while capturing leaves no scratch file in the container;
+    /// a snapshot whose captured file was removed by hand is refused.
+    func testKilledCaptureAndAMissingCapturedFile() throws {
+        cname = uniqueName("it-unl-kill")
+        try crsnapOK(["run", cname, "--env", "SPARSE_MIB=16", "--", "python3", "-c", Self.workload])
+        XCTAssertTrue(waitFor(120) { ((try? self.said()) ?? []).contains("ready") })
+        // Killed after the scratch directory was made on the overlay, while frozen.
+        let killed = try crsnap(["take", cname], env: ["CRSNAP_FAULT": "killafter=1:take.unlinked"])
+        XCTAssertNotEqual(killed.status, 0)
+        _ = try crsnapOK(["ps"])
+        let files = TestContainer(name: cname, overlay: true).filesDir
+        XCTAssertTrue(waitFor(15) { TestContainer(name: self.cname, overlay: true).freezerState == "THAWED" })
+        let id = try crsnapOK(["take", cname]).trimmingCharacters(in: .whitespacesAndNewlines)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: "\(files)/.crsnap-unlinked"), "no scratch left after the kill")
+        XCTAssertEqual(try crsnapOK(["list", cname, "--json"]).components(separatedBy: "\"id\"").count - 1, 1, "only the complete snapshot is listed")
+        XCTAssertEqual(try ask("USR1", "CHECK"), "CHECK ok")
+
+        let n = Int(id.split(separator: "@").last!)!
+        let saved = "\(Env.store!)/containers/\(cname)/snapshots/\(n)/unlinked/0"
+        try FileManager.default.removeItem(atPath: saved)
+        let verify = try crsnap(["verify", id])
+        XCTAssertEqual(verify.status, 1)
+        XCTAssertTrue(verify.stderr.contains("unlinked file") && verify.stderr.contains("missing"), verify.stderr)
+        let rb = try crsnap(["rollback", id])
+        XCTAssertEqual(rb.status, 1)
+        XCTAssertTrue(rb.stderr.contains(id) && rb.stderr.contains("nothing was changed"), rb.stderr)
+        XCTAssertEqual(try ask("USR1", "CHECK"), "CHECK ok", "the container runs on untouched")
     }
 
     /// Where the filesystem cannot clone (forced by a test hook), the bytes

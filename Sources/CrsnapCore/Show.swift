@@ -1,0 +1,79 @@
+import FSSnapshot
+import Foundation
+
+/// `crsnap show ID`: what a snapshot captured, read from its manifest.
+public enum Show {
+    public struct Filesystem: Codable {
+        /// Where it is in the container.
+        public var mount: String
+        /// "overlay upper dir" or "subvolume".
+        public var holds: String
+        public var snapshot: String
+        /// "btrfs snapshot", "reflinked copy" or "copy".
+        public var captured: String
+        public var read_only: Bool?
+    }
+
+    public struct UnlinkedFile: Codable {
+        public var path: String
+        public var size: UInt64
+        /// "reflinked" or "copied".
+        public var captured: String
+        public var held: Bool
+        public var mapped: Bool
+    }
+
+    public struct Tmpfs: Codable {
+        public var mount: String
+        public var captured: String
+    }
+
+    public struct VolumeInfo: Codable {
+        public var host: String
+        public var mount: String
+        public var snapshotted: Bool
+        public var snapshot: String?
+    }
+
+    public struct Description: Codable {
+        public var id: String
+        public var container: String
+        public var tag: String?
+        public var type: String
+        public var created: Date
+        public var stopped: Bool
+        public var criu_version: String?
+        public var filesystems: [Filesystem]
+        public var unlinked: [UnlinkedFile]
+        public var tmpfs: [Tmpfs]
+        public var volumes: [VolumeInfo]
+        public var stats: Manifest.Stats
+    }
+
+    public static func describe(store: Store, id: SnapshotID) throws -> Description {
+        let c = try Container(store: store, name: id.container)
+        try c.mustExist()
+        let m = try c.manifest(id.number)
+        let dir = c.snapshotDir(id.number)
+        let backend = c.store.backend
+        let caps = backend.capabilities
+        let how = caps.contains(.constantTimeSnapshot) ? "btrfs snapshot" : caps.contains(.cloneCopies) ? "reflinked copy" : "copy"
+        let fs = "\(dir)/fs"
+        var filesystems = [Filesystem(mount: "/", holds: m.kind == .overlay ? "overlay upper dir" : "subvolume",
+                                      snapshot: m.kind == .overlay ? "\(fs)/upper" : fs, captured: how,
+                                      read_only: caps.contains(.readOnlySnapshots) ? (try? Btrfs.isReadOnly(fs)) : nil)]
+        if m.kind == .overlay { filesystems[0].holds += " (lower: the host's /, read-only)" }
+        let volumes = (m.volumes ?? []).map { v in
+            VolumeInfo(host: v.host, mount: v.container, snapshotted: v.snapshotted,
+                       snapshot: v.snapshotted ? "\(dir)/volumes/\(v.key)" : nil)
+        }
+        return Description(
+            id: m.id, container: m.container, tag: m.tag, type: m.snapshotRole.rawValue, created: m.created,
+            stopped: m.stopped ?? false, criu_version: m.criu_version, filesystems: filesystems,
+            unlinked: (m.unlinked ?? []).map {
+                UnlinkedFile(path: $0.path, size: $0.size, captured: $0.captured.rawValue, held: $0.held, mapped: $0.mapped)
+            },
+            tmpfs: (m.tmpfs ?? []).map { Tmpfs(mount: $0, captured: "contents in the CRIU images") },
+            volumes: volumes, stats: m.stats)
+    }
+}

@@ -1,0 +1,57 @@
+import ArgumentParser
+import CrsnapCore
+import Foundation
+
+struct ShowCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "show",
+        abstract: "Show what a snapshot captured.",
+        discussion: """
+        Lists the snapshot's file systems and how each was captured (btrfs
+        snapshot, reflinked copy, copy), the unlinked open files it holds (the
+        path they had, size, held as an fd and/or mapped, and whether their
+        bytes were reflinked or copied), its tmpfs mounts (their contents are in
+        the CRIU images) and its volumes (snapshotted when the volume is a btrfs
+        subvolume on the store's filesystem, otherwise not rolled back).
+        --json prints: id, container, tag, type, created, stopped, criu_version,
+        filesystems, unlinked, tmpfs, volumes, stats.
+        """
+    )
+
+    @OptionGroup var storeOptions: StoreOptions
+    @Flag(help: "Print JSON.") var json = false
+    @Argument(help: "Snapshot id, NAME@N.") var id: String
+
+    func run() throws {
+        try reporting {
+            let sid = try SnapshotID(parsing: id)
+            let d = try Show.describe(store: try storeOptions.openExisting(), id: sid)
+            if json { return try printJSON(d) }
+            print("\(d.id)  \(d.type)\(d.stopped ? ", stopped" : "")  created \(formatDate(d.created))"
+                  + (d.tag.map { "  tag \($0)" } ?? "") + String(format: "  frozen %.0f ms", d.stats.frozen_ms))
+            print("\nFILE SYSTEMS")
+            printTable(["MOUNT", "HOLDS", "CAPTURED", "SNAPSHOT"], d.filesystems.map {
+                [$0.mount, $0.holds, $0.captured + ($0.read_only == true ? ", read-only" : ""), $0.snapshot]
+            })
+            print("\nUNLINKED OPEN FILES")
+            if d.unlinked.isEmpty {
+                print("none")
+            } else {
+                printTable(["PATH", "SIZE", "OPEN AS", "CAPTURED"], d.unlinked.map {
+                    [$0.path, formatBytes($0.size), [$0.held ? "fd" : nil, $0.mapped ? "mapped" : nil].compactMap { $0 }.joined(separator: "+"),
+                     $0.captured]
+                })
+            }
+            print("\nTMPFS")
+            if d.tmpfs.isEmpty { print("none") } else { printTable(["MOUNT", "CAPTURED"], d.tmpfs.map { [$0.mount, $0.captured] }) }
+            print("\nVOLUMES")
+            if d.volumes.isEmpty {
+                print("none")
+            } else {
+                printTable(["MOUNT", "HOST", "ROLLED BACK"], d.volumes.map {
+                    [$0.mount, $0.host, $0.snapshotted ? "yes (btrfs snapshot \($0.snapshot ?? ""))" : "no (not a btrfs subvolume on the store)"]
+                })
+            }
+        }
+    }
+}
