@@ -298,10 +298,12 @@ final class RealTakeSteps: TakeSteps, CriuNotifyHandler {
 
 /// The baseline the benchmark compares take against: the same CRIU dump of
 /// the same container (leave-running, through the same freezer cgroup) with
-/// no notifications and no filesystem capture. Images go to a scratch
-/// directory that is removed afterwards; nothing is recorded in the store.
+/// no notifications and no filesystem capture. Unlinked open files are left
+/// to CRIU, which copies them into the images as ghost files (up to
+/// `ghostLimit` bytes each). Images go to a scratch directory that is removed
+/// afterwards; nothing is recorded in the store.
 public enum BareDump {
-    public static func dump(store: Store, name: String, scratch: String) throws -> DumpStats {
+    public static func dump(store: Store, name: String, scratch: String, ghostLimit: UInt32? = nil) throws -> DumpStats {
         let c = try Container(store: store, name: name)
         let lock = try c.lock()
         defer { lock.release() }
@@ -311,6 +313,7 @@ public enum BareDump {
         defer { try? Sys.removeTree(scratch) }
         var req = DumpRequest(pid: initPid, imagesDir: scratch, freezeCgroup: cg.path)
         req.notify = false
+        if let ghostLimit { req.ghostLimit = ghostLimit }
         let stats = try Checkpointer(criu: try Criu.locate()).dump(req, handler: nil)
         if cg.state() != "THAWED" { try cg.thaw() }
         return stats

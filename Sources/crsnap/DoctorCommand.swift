@@ -105,11 +105,14 @@ struct BenchDumpCommand: ParsableCommand {
 
     @OptionGroup var storeOptions: StoreOptions
     @Option var scratch: String
+    /// CRIU's ghost limit in bytes (the bare dump copies unlinked files as ghosts).
+    @Option var ghostLimit: UInt32?
     @Argument var name: String
 
     func run() throws {
         try reporting {
-            try printJSON(try BareDump.dump(store: try storeOptions.openExisting(), name: name, scratch: scratch))
+            try printJSON(try BareDump.dump(store: try storeOptions.openExisting(), name: name, scratch: scratch,
+                                            ghostLimit: ghostLimit))
         }
     }
 }

@@ -39,6 +39,8 @@ final class FakeTakeSteps: TakeSteps {
     var writeInventory = true
     var failEnsureThawed = false
     var failDeleteVolume = false
+    /// What the unlinked-file capture reports (called in post-dump).
+    var unlinked = Unlinked.Captured()
     let stats: DumpStats
 
     init(container: Container) throws {
@@ -75,6 +77,11 @@ final class FakeTakeSteps: TakeSteps {
         if !skipPostDump { try onPostDump() }
         if failDumpAfterPostDump { throw Injected(at: "criu after post-dump") }
         return stats
+    }
+
+    func captureUnlinked(into dir: String) throws -> Unlinked.Captured {
+        calls.append("unlinked \(dir)")
+        return unlinked
     }
 
     func ensureThawed() throws {
@@ -158,7 +165,34 @@ final class TakeTests: XCTestCase {
         let steps = try FakeTakeSteps(container: c)
         _ = try take(steps)
         let staging = "\(c.snapshotsDir)/.staging-1"
-        XCTAssertEqual(steps.calls, ["dump", "flush", "snapshot \(staging)/fs", "ensureThawed"])
+        XCTAssertEqual(steps.calls, ["dump", "flush", "snapshot \(staging)/fs", "unlinked \(staging)/unlinked", "ensureThawed"])
+    }
+
+    func testUnlinkedFilesCapturedWhileFrozenAreInTheManifestAndStats() throws {
+        let steps = try FakeTakeSteps(container: c)
+        func file(_ k: Int, _ size: UInt64, _ how: FileClone.How) -> Manifest.UnlinkedFile {
+            Manifest.UnlinkedFile(key: "file[2a:\(k)]", path: "/var/lib/x\(k)", size: size, mode: 0o600, uid: 0, gid: 0,
+                                  file: "\(k)", captured: how, held: true, mapped: k == 1)
+        }
+        steps.unlinked.files = [file(0, 1 << 30, .reflinked), file(1, 4096, .copied)]
+        steps.unlinked.reflinkedBytes = 1 << 30
+        steps.unlinked.copiedBytes = 4096
+        let r = try take(steps)
+        XCTAssertEqual(r.stats.unlinked_bytes, (1 << 30) + 4096)
+        // The fake backend copies the volume too (28 bytes): both are counted.
+        let volumeCopy = Sys.treeSize("\(c.snapshotDir(r.number))/fs")
+        XCTAssertEqual(r.stats.copied_bytes, volumeCopy + 4096, "copied bytes are reported")
+        XCTAssertEqual(r.stats.reflinked_bytes, 1 << 30)
+        let m = try c.manifest(r.number)
+        XCTAssertEqual(m.unlinked, steps.unlinked.files)
+        XCTAssertEqual(m.stats, r.stats)
+    }
+
+    func testNoUnlinkedFilesLeaveTheManifestAndStatsWithoutThem() throws {
+        let r = try take(try FakeTakeSteps(container: c))
+        XCTAssertNil(r.stats.unlinked_bytes)
+        XCTAssertNil(r.stats.reflinked_bytes)
+        XCTAssertNil(try c.manifest(r.number).unlinked)
     }
 
     func testJournalNamesTheStagingDirectoryWhileCriuRuns() throws {
