@@ -9,8 +9,11 @@ struct TakeCommand: ParsableCommand {
         discussion: """
         CRIU freezes the container through its freezer cgroup and dumps it; while
         the tasks are frozen (CRIU's post-dump notification) crsnap snapshots the
-        writable volume, so memory and files are from the same instant. The
-        container keeps running. Prints the new snapshot id (NAME@N) alone on
+        writable volume, so memory and files are from the same instant. Open
+        files whose last name is gone (unlinked, O_TMPFILE) are cloned into the
+        snapshot in the same instant, whatever their size, and copied only
+        where the filesystem cannot clone (`copied_bytes`); `crsnap show`
+        lists them. The container keeps running. Prints the new snapshot id (NAME@N) alone on
         stdout; phase timings go to stderr when it is a terminal. On failure no
         snapshot is listed and the container runs on. A retention policy saved
         with `crsnap prune NAME --save` is applied after each take.
@@ -24,7 +27,7 @@ struct TakeCommand: ParsableCommand {
     @Flag(help: "Mark the snapshot as the pre half of a pre/post pair.") var pre = false
     @Option(help: ArgumentHelp("Mark the snapshot as the post half paired with this pre snapshot.", valueName: "NAME@N"))
     var post: String?
-    @Flag(help: "Print JSON: id, container, tag, created, stats (frozen_ms, fs_snapshot_ms, dump_ms, images_bytes).")
+    @Flag(help: "Print JSON: id, container, tag, created, stats (frozen_ms, fs_snapshot_ms, dump_ms, images_bytes; unlinked_bytes, copied_bytes, reflinked_bytes where they apply).")
     var json = false
     @Argument(help: "Container name.") var name: String
 
