@@ -197,6 +197,16 @@ final class LifecycleTests: XCTestCase {
         // tag and pair are left out when unset.
         XCTAssertTrue(keys(take).isSuperset(of: ["id", "number", "container", "created", "role", "stats", "criu", "stopped"]), "\(keys(take))")
         XCTAssertTrue(keys((take as! [String: Any])["stats"]!).isSuperset(of: ["frozen_ms", "fs_snapshot_ms", "dump_ms", "images_bytes"]))
+        let show = try object(["show", "\(c.name)@1", "--json"])
+        XCTAssertTrue(keys(show).isSuperset(of: ["id", "container", "type", "created", "stopped", "filesystems", "unlinked", "tmpfs", "volumes", "stats"]), "\(keys(show))")
+        for f in ((show as! [String: Any])["filesystems"] as! [Any]) {
+            XCTAssertTrue(keys(f).isSuperset(of: ["mount", "holds", "snapshot", "captured"]), "\(keys(f))")
+        }
+        for u in ((show as! [String: Any])["unlinked"] as! [Any]) {
+            XCTAssertEqual(keys(u), ["path", "size", "captured", "held", "mapped"])
+        }
+        let verify = try object(["verify", "\(c.name)@1", "--json"])
+        XCTAssertEqual(keys(verify), ["id", "ok", "problems", "images_checked"])
         let list = try object(["list", c.name, "--json"]) as! [Any]
         XCTAssertTrue(keys(list[0]).isSuperset(of: ["id", "number", "type", "created", "age_seconds", "frozen_ms", "fs_snapshot_ms", "images_bytes", "stopped"]), "\(keys(list[0]))")
         let ps = try object(["ps", "--json"]) as! [Any]
@@ -221,7 +231,7 @@ final class LifecycleTests: XCTestCase {
             XCTAssertTrue(r.stdout.contains("rollback"), "\(sh) completion knows the subcommands")
         }
         XCTAssertEqual(try crsnap(["completion", "tcsh"]).status, 64)
-        for cmd in ["run", "take", "rollback", "guard", "diff", "prune", "list", "resume", "delete"] {
+        for cmd in ["run", "take", "rollback", "guard", "diff", "prune", "list", "show", "resume", "delete", "verify"] {
             let r = try crsnap(["help", cmd])
             XCTAssertEqual(r.status, 0)
             XCTAssertTrue(r.stdout.contains("USAGE"), "help \(cmd)")
