@@ -23,7 +23,9 @@ import Glibc
 ///   take.locked, take.pre-dump, take.post-dump (frozen, before the fs
 ///   snapshot), take.fs-snapshot (frozen, in place of the fs snapshot),
 ///   take.fs-snapshotted (frozen, right after it), take.unlinked (frozen,
-///   before the unlinked open files are captured), take.thawed (CRIU returned, before checksums),
+///   before the unlinked open files are captured), take.unlinked-scratch
+///   (frozen, overlay root: a scratch file for the clone is on the overlay),
+///   take.thawed (CRIU returned, before checksums),
 ///   take.manifest (before it is written), take.renamed (snapshot in place,
 ///   journal not ended);
 ///   rollback.verified, rollback.killed (tree killed, volumes untouched),

@@ -95,6 +95,7 @@ public enum Unlinked {
             Sys.close(o)
             try? Sys.unlink(scratch)
         }
+        try Faults.check("take.unlinked-scratch")
         try FileClone.reflink(to: o, from: src, scratch)
         let upper = "\(ContainerRoot.filesDir(volume: c.volume, kind: .overlay))/\(scratchDir)/take-\(name)"
         let real = try Sys.open(upper, O_RDONLY | O_CLOEXEC)

@@ -79,6 +79,7 @@ class ReliabilityCase: XCTestCase {
         assertConsecutive(c, what, file: file, line: line)
         let names = (try? fm.contentsOfDirectory(atPath: "\(c.filesDir)/var/lib/crsnap-workload")) ?? []
         XCTAssertEqual(Set(names), ["log", "h2"], "\(what): no link_remap or ghost leftovers in the container's files", file: file, line: line)
+        XCTAssertFalse(fm.fileExists(atPath: "\(c.filesDir)/.crsnap-unlinked"), "\(what): no scratch of unlinked files left", file: file, line: line)
         let logs = try crsnap(["logs", c.name], store: c.store).stdout
         let errors = logs.split(separator: "\n").filter { $0.hasPrefix("ERR") || $0.contains("Traceback") }
         XCTAssertTrue(errors.isEmpty, "\(what): workload reported \(errors.prefix(3))", file: file, line: line)
@@ -91,8 +92,8 @@ class ReliabilityCase: XCTestCase {
 /// container running and thawed and the store consistent.
 final class CrashSafetyTests: ReliabilityCase {
     static let takeSteps = ["take.locked", "take.pre-dump", "take.post-dump", "take.fs-snapshot", "take.fs-snapshotted",
-                            "take.thawed", "take.manifest", "take.renamed"]
-    static let frozenSteps: Set<String> = ["take.post-dump", "take.fs-snapshot", "take.fs-snapshotted"]
+                            "take.unlinked", "take.thawed", "take.manifest", "take.renamed"]
+    static let frozenSteps: Set<String> = ["take.post-dump", "take.fs-snapshot", "take.fs-snapshotted", "take.unlinked"]
 
     /// Recovery by the next command (take) or by `doctor --repair`, alternately.
     func recover(_ c: TestContainer, byRepair: Bool, _ what: String) throws {

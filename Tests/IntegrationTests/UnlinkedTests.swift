@@ -1,6 +1,9 @@
 import FSSnapshot
 import Foundation
 import XCTest
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// Files other tools lose: unlinked open files of any size (held as fds,
 /// mapped shared or private, or both), O_TMPFILE files, files renamed while
@@ -125,11 +128,11 @@ final class UnlinkedTests: XCTestCase {
         cname = uniqueName("it-unl-kill")
         try crsnapOK(["run", cname, "--env", "SPARSE_MIB=16", "--", "python3", "-c", Self.workload])
         XCTAssertTrue(waitFor(120) { ((try? self.said()) ?? []).contains("ready") })
-        // Killed after the scratch directory was made on the overlay, while frozen.
-        let killed = try crsnap(["take", cname], env: ["CRSNAP_FAULT": "killafter=1:take.unlinked"])
-        XCTAssertNotEqual(killed.status, 0)
-        _ = try crsnapOK(["ps"])
+        // Killed while frozen, with a scratch file for the clone on the overlay.
+        let killed = try crsnap(["take", cname], env: ["CRSNAP_FAULT": "kill:take.unlinked-scratch"])
+        XCTAssertEqual(killed.status, SIGKILL, killed.stderr)
         let files = TestContainer(name: cname, overlay: true).filesDir
+        XCTAssertTrue(FileManager.default.fileExists(atPath: "\(files)/.crsnap-unlinked/take-0"), "the kill left the scratch file")
         XCTAssertTrue(waitFor(15) { TestContainer(name: self.cname, overlay: true).freezerState == "THAWED" })
         let id = try crsnapOK(["take", cname]).trimmingCharacters(in: .whitespacesAndNewlines)
         XCTAssertFalse(FileManager.default.fileExists(atPath: "\(files)/.crsnap-unlinked"), "no scratch left after the kill")
