@@ -211,19 +211,18 @@ public final class Monitor {
             initPid = 0
         }
         guard initPid == 0 else { return "err the container is still running (pid \(initPid))" }
-        var unlinked: [(key: String, fd: Int32)] = []
-        defer { for (_, fd) in unlinked { Sys.close(fd) } }
         do {
             let criu = try Criu.locate()
             var req = RestoreRequest(imagesDir: images, root: root)
             if !pipeKey.isEmpty { req.inheritFds = [(key: pipeKey, fd: pipeW)] }
-            // The snapshot's unlinked open files, placed in the root by the
-            // rollback: unlinked again here, handed to CRIU by key.
-            unlinked = try Unlinked.open(try container.manifest(Int(parts[0])!), root: root)
-            req.inheritFds += unlinked
             req.external = (config.volumes ?? []).map { "mnt[\($0.key)]:\($0.host)" }
             let cg = cgroup
-            let pid = try Checkpointer(criu: criu).restore(req) { criuPid in try cg.add(criuPid) }
+            // The snapshot's unlinked open files were placed in the root by
+            // the rollback; CRIU opens them, and they are unlinked again
+            // before the tasks run.
+            let placed = (try container.manifest(Int(parts[0])!).unlinked ?? []).isEmpty == false
+            let handler = placed ? PostRestore { try Unlinked.unlinkPlaced(root: root) } : nil
+            let pid = try Checkpointer(criu: criu).restore(req, handler: handler) { criuPid in try cg.add(criuPid) }
             initPid = pid
             holding = false
             try writeState(.running)
@@ -232,5 +231,14 @@ public final class Monitor {
         } catch {
             return "err \(error)"
         }
+    }
+}
+
+/// Runs `body` at CRIU's post-restore notification.
+final class PostRestore: CriuNotifyHandler {
+    let body: () throws -> Void
+    init(_ body: @escaping () throws -> Void) { self.body = body }
+    func criuNotify(_ script: String, pid: Int32) throws {
+        if script == "post-restore" { try body() }
     }
 }

@@ -234,6 +234,7 @@ final class RealTakeSteps: TakeSteps, CriuNotifyHandler {
     var kind = RootKind.overlay
     /// Found before the dump, declared external, captured in post-dump.
     var unlinked: [UnlinkedOpenFile] = []
+    var captured: [Manifest.UnlinkedFile] = []
 
     init(container: Container, criu: Criu, initPid: pid_t, cgroup: FreezerCgroup) {
         self.container = container
@@ -271,13 +272,20 @@ final class RealTakeSteps: TakeSteps, CriuNotifyHandler {
             unlinked = []
         }
         req.external += unlinked.map(\.key)
-        return try Checkpointer(criu: criu).dump(req, handler: self)
+        captured = []
+        let stats = try Checkpointer(criu: criu).dump(req, handler: self)
+        // Outside the freeze: the images name each captured file by the path
+        // a restore puts it at, so CRIU opens it inside the restored root.
+        try Unlinked.relocate(captured, in: imagesDir)
+        return stats
     }
 
     func captureUnlinked(into dir: String) throws -> Unlinked.Captured {
         try Faults.check("take.unlinked")
-        return try Unlinked.capture(unlinked, into: dir, container: container, kind: kind,
-                                    reflink: Faults.action(at: "take.no-reflink") == nil)
+        let r = try Unlinked.capture(unlinked, into: dir, container: container, kind: kind,
+                                     reflink: Faults.action(at: "take.no-reflink") == nil)
+        captured = r.files
+        return r
     }
 
     func criuNotify(_ script: String, pid: Int32) throws {

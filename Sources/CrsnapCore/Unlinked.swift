@@ -17,11 +17,13 @@ import Glibc
 ///   through a scratch file on the overlay (the kernel clones overlay files
 ///   only into overlay files), whose upper file is then cloned into the store.
 ///   Where the filesystem cannot clone, the data is copied and reported;
-/// - for a restore, each copy is cloned into the restored root's files as
-///   .crsnap-unlinked/FILE before the root is mounted; the monitor opens it
-///   through the mounted root, unlinks it and hands the descriptor to CRIU
-///   as an inherited fd under the same key. The restored tasks hold an
-///   unlinked file again, with the content, size, offset and flags it had.
+/// - after the dump (thawed), the images are rewritten so that each captured
+///   file is a plain file at /.crsnap-unlinked/FILE in the container;
+/// - for a restore, each copy is cloned into the restored root's files at
+///   that path before the root is mounted; CRIU opens it there, inside the
+///   restored mount namespace, and at post-restore (tasks not yet resumed)
+///   the monitor unlinks it. The restored tasks hold an unlinked file again,
+///   on their own root mount, with the content, size, offset and flags it had.
 ///
 /// Files on tmpfs (memfd, shared anonymous memory, --tmpfs mounts) stay
 /// CRIU's: it keeps them in the images.
@@ -118,28 +120,28 @@ public enum Unlinked {
         }
     }
 
-    /// In the monitor, with the restored root mounted at `root`: opens each
-    /// placed file through the root, unlinks it, and returns the (key, fd)
-    /// pairs CRIU inherits. The caller closes the fds.
-    static func open(_ m: Manifest, root: String) throws -> [(key: String, fd: Int32)] {
-        guard let files = m.unlinked, !files.isEmpty else { return [] }
+    /// The path inside the container a restore puts captured file `file` at.
+    static func restorePath(_ file: String) -> String { "/\(scratchDir)/\(file)" }
+
+    /// After the dump: rewrites the CRIU images so that each captured file,
+    /// recorded as an external file, is a plain file at its restore path.
+    static func relocate(_ files: [Manifest.UnlinkedFile], in imagesDir: String) throws {
+        guard !files.isEmpty else { return }
+        var paths: [String: String] = [:]
+        for f in files { paths[f.key] = restorePath(f.file) }
+        try FilesImage.relocateExternal(in: imagesDir, to: paths)
+    }
+
+    /// In the monitor, at CRIU's post-restore notification (tasks restored,
+    /// not yet resumed): unlinks the placed files, which the restored tasks
+    /// now hold open, and their directory, through the mounted root.
+    static func unlinkPlaced(root: String) throws {
         let dir = "\(root)/\(scratchDir)"
-        var out: [(key: String, fd: Int32)] = []
-        do {
-            for f in files {
-                let path = "\(dir)/\(f.file)"
-                guard Sys.exists(path) else {
-                    throw CrsnapError(.failed, "\(m.id): the unlinked file \(f.path) (\(f.file)) was not put in place for the restore")
-                }
-                out.append((key: f.key, fd: try Sys.open(path, O_RDWR | O_CLOEXEC)))
-                try Sys.unlink(path)
-            }
-            try Sys.rmdir(dir)
-        } catch {
-            for (_, fd) in out { Sys.close(fd) }
-            throw error
+        guard Sys.exists(dir) else { return }
+        for name in try FileManager.default.contentsOfDirectory(atPath: dir) {
+            try Sys.unlink("\(dir)/\(name)")
         }
-        return out
+        try Sys.rmdir(dir)
     }
 
     /// A scratch directory left in a container's files by a take or restore

@@ -107,7 +107,8 @@ public struct Checkpointer {
     /// Restores the tree detached, as a child of the calling process
     /// (rst_sibling), and returns the host pid of its root. `prepare` runs with
     /// CRIU's pid before the request is sent (e.g. to place it in a cgroup).
-    public func restore(_ r: RestoreRequest, prepare: (pid_t) throws -> Void = { _ in }) throws -> pid_t {
+    public func restore(_ r: RestoreRequest, handler: CriuNotifyHandler? = nil,
+                        prepare: (pid_t) throws -> Void = { _ in }) throws -> pid_t {
         let dirFd = try Sys.open(r.imagesDir, O_RDONLY | O_DIRECTORY)
         defer { Sys.close(dirFd) }
         var o = Checkpointer.commonOptions(imagesDirFd: dirFd)
@@ -115,6 +116,8 @@ public struct Checkpointer {
         o.root = r.root
         o.rstSibling = true
         o.external = r.external
+        // Notifications (e.g. "post-restore": restored, not yet resumed) only when asked for.
+        o.notifyScripts = handler != nil
         for (i, inherit) in r.inheritFds.enumerated() {
             var f = CriuInheritFd()
             f.key = inherit.key
@@ -129,7 +132,7 @@ public struct Checkpointer {
         let client = CriuClient(transport: swrk)
         defer { client.close() }
         try prepare(swrk.pid)
-        let resp = try client.call(req, logPath: "\(r.imagesDir)/\(Checkpointer.restoreLog)")
+        let resp = try client.call(req, handler: handler, logPath: "\(r.imagesDir)/\(Checkpointer.restoreLog)")
         return resp.restore.pid
     }
 

@@ -25,6 +25,11 @@ def fdinfo(fd):
     info = dict(l.split(":", 1) for l in open(f"/proc/self/fdinfo/{fd}").read().splitlines() if ":" in l)
     return int(info["pos"].strip()), int(info["flags"].strip(), 8)
 
+def mnt_id(fd):
+    for l in open(f"/proc/self/fdinfo/{fd}").read().splitlines():
+        if l.startswith("mnt_id:"):
+            return int(l.split(":", 1)[1])
+
 def unlinked_file(name, data, flags=os.O_RDWR):
     fd = os.open(f"{D}/{name}", os.O_CREAT | os.O_EXCL | flags, 0o640)
     os.pwrite(fd, data, 0)
@@ -127,6 +132,13 @@ def check(*_):
         bad.append(f"{D} holds {visible}")
     if os.path.exists("/.crsnap-unlinked"):
         bad.append("/.crsnap-unlinked left behind")
+    # Every file is on this container's own root mount, not one it cannot see.
+    root = os.open("/", os.O_RDONLY)
+    root_mnt = mnt_id(root)
+    os.close(root)
+    for name, fd in files.items():
+        if mnt_id(fd) != root_mnt:
+            bad.append(f"{name}: fd on mount {mnt_id(fd)}, the root is {root_mnt} ({os.readlink(f'/proc/self/fd/{fd}')})")
     print("CHECK ok" if not bad else "CHECK bad: " + "; ".join(bad), flush=True)
 
 def mutate(*_):

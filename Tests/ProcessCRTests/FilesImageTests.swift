@@ -1,0 +1,72 @@
+import FSSnapshot
+import Foundation
+@testable import ProcessCR
+import XCTest
+
+/// The rewrite of CRIU's files.img that turns captured external files into
+/// plain files at their restore path; everything else is kept byte for byte.
+final class FilesImageTests: XCTestCase {
+    func field(_ n: UInt64, _ payload: [UInt8]) -> [UInt8] { FilesImage.lengthDelimited(n, payload) }
+    func varintField(_ n: UInt64, _ v: UInt64) -> [UInt8] { FilesImage.encodeVarint(n << 3) + FilesImage.encodeVarint(v) }
+
+    /// A RegFileEntry: id, flags, pos, fown, name, optional mnt_id and ext, size, mode.
+    func reg(id: UInt64, name: String, ext: Bool, mntID: UInt64? = nil) -> [UInt8] {
+        var b = varintField(1, id) + varintField(2, 0o100002) + varintField(3, 12345)
+        b += field(5, varintField(1, 0) + varintField(2, 0))
+        b += field(6, Array(name.utf8))
+        if let mntID { b += varintField(7, mntID << 1) }
+        b += varintField(8, 4 << 20)
+        if ext { b += varintField(9, 1) }
+        b += varintField(10, 0o100644)
+        return b
+    }
+
+    func entry(type: UInt64, id: UInt64, body: [UInt8]) -> [UInt8] {
+        varintField(1, type) + varintField(2, id) + field(type == 1 ? 3 : 7, body)
+    }
+
+    func image(_ entries: [[UInt8]]) -> [UInt8] {
+        var out: [UInt8] = [0x19, 0x43, 0x56, 0x54, 0x38, 0x31, 0x30, 0x56]
+        for e in entries {
+            let n = UInt32(e.count)
+            out += [UInt8(n & 0xff), UInt8(n >> 8 & 0xff), UInt8(n >> 16 & 0xff), UInt8(n >> 24)] + e
+        }
+        return out
+    }
+
+    func testExternalFilesBecomePlainFilesAtTheirRestorePath() throws {
+        let dir = NSTemporaryDirectory() + "crsnap-files-image-\(getpid())"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let plain = entry(type: 1, id: 1, body: reg(id: 1, name: "/usr/bin/python3", ext: false, mntID: 75))
+        let other = entry(type: 5, id: 2, body: [0x08, 0x07])
+        let external = entry(type: 1, id: 3, body: reg(id: 3, name: "file[4b:114]", ext: true))
+        let unknown = entry(type: 1, id: 4, body: reg(id: 4, name: "file[4b:999]", ext: true))
+        try Sys.writeAtomically("\(dir)/files.img", image([plain, other, external, unknown]))
+
+        let done = try FilesImage.relocateExternal(in: dir, to: ["file[4b:114]": "/.crsnap-unlinked/0", "file[4b:555]": "/x"])
+        XCTAssertEqual(done, ["file[4b:114]"], "only keys the image has are rewritten")
+        let want = entry(type: 1, id: 3, body: {
+            var r = reg(id: 3, name: "file[4b:114]", ext: false)
+            // name moves to the end of the message; the other fields stay as they were
+            let nameField = field(6, Array("file[4b:114]".utf8))
+            let at = r.firstRange(of: nameField)!
+            r.removeSubrange(at)
+            return r + field(6, Array("/.crsnap-unlinked/0".utf8))
+        }())
+        XCTAssertEqual(try Sys.readFile("\(dir)/files.img"), image([plain, other, want, unknown]))
+        // Nothing left to rewrite: the file is not written again.
+        XCTAssertEqual(try FilesImage.relocateExternal(in: dir, to: ["file[4b:114]": "/.crsnap-unlinked/0"]), [])
+    }
+
+    func testAMalformedImageIsRefusedAndLeftAlone() throws {
+        let dir = NSTemporaryDirectory() + "crsnap-files-image-bad-\(getpid())"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        var bad = image([entry(type: 1, id: 1, body: reg(id: 1, name: "file[1:2]", ext: true))])
+        bad.removeLast(3)
+        try Sys.writeAtomically("\(dir)/files.img", bad)
+        XCTAssertThrowsError(try FilesImage.relocateExternal(in: dir, to: ["file[1:2]": "/y"]))
+        XCTAssertEqual(try Sys.readFile("\(dir)/files.img"), bad)
+    }
+}
