@@ -33,7 +33,9 @@ import Glibc
 ///   volume, not mounted), rollback.restore (mounted, before the restore),
 ///   rollback.restoring (the monitor has the restore request; crsnap has not
 ///   had the reply), rollback.restored (running, old volume not yet deleted);
-///   delete.unlisted (manifest gone, snapshot directory still there).
+///   delete.unlisted (manifest gone, snapshot directory still there);
+///   monitor.restore (in the monitor, which reads CRSNAP_FAULT from the
+///   environment it was started with, just before it calls CRIU to restore).
 ///
 /// Switches (any mode): take.no-reflink makes the capture of unlinked open
 /// files copy their bytes, as on a filesystem that cannot clone.

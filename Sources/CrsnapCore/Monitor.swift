@@ -222,6 +222,7 @@ public final class Monitor {
             // before the tasks run.
             let placed = (try container.manifest(Int(parts[0])!).unlinked ?? []).isEmpty == false
             let handler = placed ? PostRestore { try Unlinked.unlinkPlaced(root: root) } : nil
+            try Faults.check("monitor.restore")
             let pid = try Checkpointer(criu: criu).restore(req, handler: handler) { criuPid in try cg.add(criuPid) }
             initPid = pid
             holding = false

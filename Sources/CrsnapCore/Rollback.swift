@@ -115,6 +115,9 @@ public enum Rollback {
             let back: Error?
             do {
                 try JSON.write(Journal(op: "rollback", started: Date(), path: aside(c), snapshot: pre), to: c.journalPath)
+                // The monitor may be what failed (killed inside the restore):
+                // hold it again, or start an idle one.
+                try holdMonitor(c, revert: Revert())
                 try cloneSnapshot(c, pre)
                 _ = try stopAndRestore(c, pre, faults: false)
                 back = nil

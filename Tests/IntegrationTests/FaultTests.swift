@@ -8,6 +8,33 @@ import Glibc
 /// (ENOSPC inside the fs snapshot or the restore), and a freeze nobody
 /// attends to: each leaves the container running, thawed and consistent.
 final class FaultTests: ReliabilityCase {
+    /// The monitor (parent of the restored tree) killed while CRIU restores
+    /// for a rollback: the rollback fails, a fresh monitor brings back the
+    /// state from before the rollback, and memory and files agree; the next
+    /// rollback works.
+    func testMonitorKilledDuringTheRestore() throws {
+        // The monitor started by run inherits the fault; the one a rollback
+        // starts in its place does not.
+        let c = try startCounter("it-monkill", env: ["CRSNAP_FAULT": "killafter=20:monitor.restore", "CRSNAP_TEST_HOOKS": "1"])
+        let monitor = try XCTUnwrap(monitorPid(c))
+        let id = try crsnapOK(["take", c.name]).trimmingCharacters(in: .whitespacesAndNewlines)
+        let r = try crsnap(["rollback", id])
+        XCTAssertEqual(r.status, 1, r.stderr)
+        for part in ["rollback to \(id) failed", "monitor went away", "back in the state from before the rollback"] {
+            XCTAssertTrue(r.stderr.contains(part), "rollback's error says \"\(part)\": \(r.stderr)")
+        }
+        XCTAssertNotEqual(monitorPid(c), monitor, "a new monitor runs the container")
+        try assertHealthy(c, "after the monitor was killed inside the restore")
+        try crsnapOK(["rollback", id])
+        try assertHealthy(c, "a rollback after that")
+    }
+
+    func monitorPid(_ c: TestContainer) -> Int32? {
+        guard let data = FileManager.default.contents(atPath: "\(c.dir)/state.json"),
+              let o = try? JSONSerialization.jsonObject(with: data) as? [String: Any] else { return nil }
+        return (o["monitorPid"] as? NSNumber)?.int32Value
+    }
+
     /// ENOSPC (CRSNAP_FAULT=enospc:STEP) while the tasks are frozen for the fs
     /// snapshot, then just before the restore of a rollback.
     func testNoSpaceInTheFsSnapshotAndInTheRestore() throws {

@@ -18,9 +18,12 @@ class ReliabilityCase: XCTestCase {
         for (name, store) in started { _ = try? crsnap(["rm", "--force", name], store: store) }
     }
 
-    func startCounter(_ prefix: String, unlinkedMiB: Int = 8, store: String? = Env.store) throws -> TestContainer {
+    /// `env` is crsnap's own environment for `run` (and so its monitor's).
+    func startCounter(_ prefix: String, unlinkedMiB: Int = 8, store: String? = Env.store,
+                      env: [String: String] = [:]) throws -> TestContainer {
         let name = uniqueName(prefix)
-        let r = try crsnap(["run", name, "--env", "UNLINKED_MIB=\(unlinkedMiB)", "--", "python3", "-c", workloadSource], store: store)
+        let r = try crsnap(["run", name, "--env", "UNLINKED_MIB=\(unlinkedMiB)", "--", "python3", "-c", workloadSource],
+                           env: env, store: store)
         XCTAssertEqual(r.status, 0, "run \(name): \(r.stderr)")
         if r.status != 0 { throw XCTSkip("cannot start \(name)") }
         started.append((name, store))
