@@ -220,7 +220,7 @@ public final class Monitor {
             // The snapshot's unlinked open files were placed in the root by
             // the rollback; CRIU opens them, and they are unlinked again
             // before the tasks run.
-            let placed = (try container.manifest(Int(parts[0])!).unlinked ?? []).isEmpty == false
+            let placed = Sys.exists("\(root)/\(Unlinked.scratchDir)")
             let handler = placed ? PostRestore { try Unlinked.unlinkPlaced(root: root) } : nil
             try Faults.check("monitor.restore")
             let pid = try Checkpointer(criu: criu).restore(req, handler: handler) { criuPid in try cg.add(criuPid) }

@@ -1,4 +1,3 @@
-import CLibmount
 import FSSnapshot
 import Foundation
 import ProcessCR
@@ -62,19 +61,10 @@ public enum Unlinked {
         defer { if viaOverlay { try? Sys.rmdir("\(c.rootMount)/\(scratchDir)") } }
         for (i, f) in files.enumerated() {
             let name = "\(i)"
-            let dest = "\(dir)/\(name)"
-            let dst = try Sys.open(dest, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, mode: 0o600)
-            defer { Sys.close(dst) }
-            var how = FileClone.How.copied
-            if reflink {
-                if crsnap_ficlone(dst, f.fd) == 0 {
-                    how = .reflinked
-                } else if errno == EXDEV, viaOverlay, (try? cloneThroughOverlay(f.fd, into: dst, c, name: name)) != nil {
-                    how = .reflinked
-                }
-            }
+            let across: ((Int32) throws -> Void)? = viaOverlay ? { dst in try cloneThroughOverlay(f.fd, into: dst, c, name: name) } : nil
+            let (how, copied) = try FileClone.file(at: "\(dir)/\(name)", from: f.fd, allowReflink: reflink, cloneAcross: across)
             if how == .copied {
-                out.copiedBytes += try FileClone.copy(to: dst, from: f.fd, dest)
+                out.copiedBytes += copied
             } else {
                 out.reflinkedBytes += f.size
             }

@@ -72,15 +72,19 @@ public enum FileClone {
 
     /// Makes the new file `path` a copy of the open file `src`: its extents
     /// cloned where possible, else its data copied, unless `allowReflink` is
-    /// false. The file gets `mode`, `uid` and `gid`. Returns how, and the
+    /// false. Where FICLONE fails across filesystems (EXDEV), `cloneAcross`
+    /// gets the new file to clone into another way; if it throws, the data
+    /// is copied. The file gets `mode`, `uid` and `gid`. Returns how, and the
     /// bytes copied (0 when reflinked).
     public static func file(at path: String, from src: Int32, mode: mode_t = 0o600, uid: uid_t? = nil, gid: gid_t? = nil,
-                            allowReflink: Bool = true) throws -> (How, UInt64) {
+                            allowReflink: Bool = true, cloneAcross: ((Int32) throws -> Void)? = nil) throws -> (How, UInt64) {
         let dst = try Sys.open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, mode: 0o600)
         defer { Sys.close(dst) }
         var how = How.copied
         var copied: UInt64 = 0
         if allowReflink, crsnap_ficlone(dst, src) == 0 {
+            how = .reflinked
+        } else if allowReflink, errno == EXDEV, let cloneAcross, (try? cloneAcross(dst)) != nil {
             how = .reflinked
         } else {
             copied = try copy(to: dst, from: src, path)
