@@ -34,7 +34,8 @@ let package = Package(
         ),
         .testTarget(name: "CrsnapCoreTests", dependencies: ["CrsnapCore"]),
         .testTarget(name: "ProcessCRTests", dependencies: ["ProcessCR"]),
-        .testTarget(name: "IntegrationTests", dependencies: ["CrsnapCore", "FSSnapshot", "crsnap"]),
+        // Workloads/ holds the Python programs the tests run inside containers (read by path).
+        .testTarget(name: "IntegrationTests", dependencies: ["CrsnapCore", "FSSnapshot", "crsnap"], exclude: ["Workloads"]),
     ],
     swiftLanguageModes: [.v5]
 )
