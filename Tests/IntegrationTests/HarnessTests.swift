@@ -1,0 +1,281 @@
+import FSSnapshot
+import Foundation
+import XCTest
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The test harness itself: Scripts/testenv runs the suite isolated
+/// (Scripts/lib/isolate), and what these tests start there — a reboot(2), a
+/// full /dev/shm, memory or disk running low, a run killed with SIGKILL —
+/// ends that run alone and leaves nothing on the machine.
+final class HarnessTests: XCTestCase {
+    static let isolate = URL(fileURLWithPath: #filePath)
+        .deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+        .appendingPathComponent("Scripts/lib/isolate").path
+
+    var scratch = ""
+
+    override func setUpWithError() throws {
+        try Env.require()
+        try requireIsolated()
+        scratch = "/var/tmp/crsnap-it-harness-\(getpid())-\(UInt16.random(in: 0...UInt16.max))"
+        try FileManager.default.createDirectory(atPath: scratch, withIntermediateDirectories: true)
+    }
+
+    override func tearDown() {
+        if !scratch.isEmpty { try? FileManager.default.removeItem(atPath: scratch) }
+    }
+
+    /// These tests call reboot(2) and fill memory on purpose: only inside an
+    /// isolated run, never on the machine itself.
+    func requireIsolated() throws {
+        let env = ProcessInfo.processInfo.environment
+        let here = pidNamespace()
+        guard env["CRSNAP_TEST_ISOLATED"] == "1", let host = env["CRSNAP_TEST_HOST_PIDNS"], !host.isEmpty, here != host else {
+            let why = "the suite is not running isolated (run it as Scripts/testenv swift test)"
+            if Env.isCI { XCTFail(why) }
+            throw XCTSkip(why)
+        }
+    }
+
+    func pidNamespace() -> String {
+        (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/ns/pid")) ?? "?"
+    }
+
+    struct Run {
+        let status: Int32
+        let output: String
+    }
+
+    /// Runs `argv` in a nested isolated run; `started` sees its supervisor's
+    /// pid once it runs.
+    @discardableResult
+    func isolated(_ argv: [String], env: [String: String] = [:], started: ((pid_t) throws -> Void)? = nil) throws -> Run {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: Self.isolate)
+        p.arguments = argv
+        var e = ProcessInfo.processInfo.environment
+        for (k, v) in env { e[k] = v }
+        p.environment = e
+        let out = Pipe()
+        p.standardOutput = out
+        p.standardError = out
+        p.standardInput = FileHandle.nullDevice
+        try p.run()
+        final class Box: @unchecked Sendable { var data = Data() }
+        let box = Box()
+        let group = DispatchGroup()
+        group.enter()
+        DispatchQueue.global().async { box.data = out.fileHandleForReading.readDataToEndOfFile(); group.leave() }
+        defer {
+            if p.isRunning, p.processIdentifier > 1 { kill(p.processIdentifier, SIGKILL) }
+        }
+        try started?(p.processIdentifier)
+        p.waitUntilExit()
+        group.wait()
+        return Run(status: p.terminationStatus == 0 || p.terminationReason == .exit ? p.terminationStatus : 128 + p.terminationStatus,
+                   output: String(decoding: box.data, as: UTF8.self))
+    }
+
+    func testTheSuiteRunsIsolated() throws {
+        let env = ProcessInfo.processInfo.environment
+        XCTAssertEqual(env["CRSNAP_TEST_RUN_PIDNS"], pidNamespace(), "the suite runs in the pid namespace testenv made")
+        XCTAssertNotEqual(env["CRSNAP_TEST_HOST_PIDNS"], pidNamespace())
+        // the host's /dev/shm is as large as the RAM; the run's is capped
+        var fs = statvfs()
+        XCTAssertEqual(statvfs("/dev/shm", &fs), 0)
+        let bytes = UInt64(fs.f_blocks) * UInt64(fs.f_frsize)
+        XCTAssertLessThanOrEqual(bytes, 2 << 30, "/dev/shm is capped at 2 GiB (CRSNAP_TEST_SHM_SIZE)")
+        // only loopback in the run's network namespace
+        let links = try Program.run(["ip", "-o", "link", "show"])
+        XCTAssertEqual(links.split(separator: "\n").count, 1, links)
+        XCTAssertTrue(links.contains(": lo:") && links.contains("UP"), links)
+    }
+
+    func testRebootInsideANestedRunEndsThatRunAlone() throws {
+        let outer = pidNamespace()
+        // a process of this run that must outlive the nested one
+        let bystander = Process()
+        bystander.executableURL = URL(fileURLWithPath: "/bin/sleep")
+        bystander.arguments = ["60"]
+        try bystander.run()
+        defer { if bystander.processIdentifier > 1 { kill(bystander.processIdentifier, SIGKILL); bystander.waitUntilExit() } }
+
+        // The caller checks where it is before it reboots: never in the pid
+        // namespace the outermost run was started from, nor in this one.
+        let program = """
+        import ctypes, os, sys
+        here = os.readlink("/proc/self/ns/pid")
+        if here != os.environ["CRSNAP_TEST_RUN_PIDNS"] or here in (os.environ["CRSNAP_TEST_HOST_PIDNS"], os.environ["OUTER_PIDNS"]):
+            print("not in the nested run's own pid namespace: no reboot", flush=True)
+            sys.exit(90)
+        print("rebooting in", here, flush=True)
+        ctypes.CDLL(None, use_errno=True).reboot(0x01234567)  # LINUX_REBOOT_CMD_RESTART
+        print("still here after reboot(2), errno", ctypes.get_errno(), flush=True)
+        sys.exit(91)
+        """
+        let r = try isolated(["python3", "-c", program], env: ["OUTER_PIDNS": outer])
+        XCTAssertTrue(r.output.contains("rebooting in"), r.output)
+        // reboot(2) in a child pid namespace kills its init, reported as SIGHUP
+        XCTAssertEqual(r.status, 128 + SIGHUP, r.output)
+        XCTAssertTrue(bystander.isRunning, "a process of the outer run survived the nested reboot")
+        XCTAssertEqual(pidNamespace(), outer)
+    }
+
+    func testAWritePastTheShmCapFailsWithENOSPC() throws {
+        let program = """
+        import errno, os, sys
+        try:
+            with open("/dev/shm/fill", "wb") as f:
+                for _ in range(16):
+                    f.write(b"x" * (1 << 20))
+                    f.flush()
+        except OSError as e:
+            print("errno", errno.errorcode[e.errno], flush=True)
+            sys.exit(0)
+        print("wrote 16 MiB into an 8 MiB /dev/shm", flush=True)
+        sys.exit(1)
+        """
+        let r = try isolated(["python3", "-c", program], env: ["CRSNAP_TEST_SHM_SIZE": "8m"])
+        XCTAssertEqual(r.status, 0, r.output)
+        XCTAssertTrue(r.output.contains("errno ENOSPC"), r.output)
+    }
+
+    func testAMemoryFloorStopsTheRun() throws {
+        guard let avail = Self.memAvailableMiB() else { return XCTFail("no MemAvailable in /proc/meminfo") }
+        // the floor just under what is available now; the run then takes 1 GiB
+        let program = """
+        import time
+        b = bytearray(1 << 30)
+        for i in range(0, len(b), 4096):
+            b[i] = 1
+        print("allocated 1 GiB and still running", flush=True)
+        time.sleep(20)
+        """
+        let t0 = Date()
+        let r = try isolated(["python3", "-c", program], env: ["CRSNAP_TEST_MEM_FLOOR_MB": "\(avail - 400)"])
+        XCTAssertEqual(r.status, 75, r.output)
+        XCTAssertTrue(r.output.contains("available memory down to"), r.output)
+        XCTAssertTrue(r.output.contains("CRSNAP_TEST_MEM_FLOOR_MB"), r.output)
+        XCTAssertLessThan(Date().timeIntervalSince(t0), 15, "stopped, not left to run its 20 s")
+    }
+
+    func testADiskFloorStopsTheRun() throws {
+        var fs = statvfs()
+        XCTAssertEqual(statvfs(scratch, &fs), 0)
+        let free = Int((UInt64(fs.f_bavail) * UInt64(fs.f_frsize)) >> 20)
+        let program = """
+        import os, sys, time
+        with open(sys.argv[1], "wb") as f:
+            for _ in range(512):
+                f.write(b"d" * (1 << 20))
+                f.flush(); os.fsync(f.fileno())
+        print("wrote 512 MiB and still running", flush=True)
+        time.sleep(20)
+        """
+        let r = try isolated(["python3", "-c", program, "\(scratch)/fill"],
+                             env: ["CRSNAP_TEST_DISK_FLOOR_MB": "\(free - 200)", "CRSNAP_TEST_DISK_PATHS": scratch])
+        XCTAssertEqual(r.status, 75, r.output)
+        XCTAssertTrue(r.output.contains("free space on"), r.output)
+        XCTAssertTrue(r.output.contains("CRSNAP_TEST_DISK_FLOOR_MB"), r.output)
+        XCTAssertFalse(r.output.contains("still running"), r.output)
+    }
+
+    /// A nested run that mounts a tmpfs and a loop device (one attached by
+    /// hand, without autoclear), adds a veth pair, makes a cgroup under
+    /// crsnap/ with a process in it and leaves processes running.
+    static let leaveThings = """
+    set -eu
+    scratch=$1 marker=$2 cg=$3
+    mount -t tmpfs -o size=1m harness-tmpfs "$scratch/tmpfs"
+    dev=$(losetup -f --show "$scratch/a.img")
+    echo "$dev" >"$scratch/dev"
+    mount "$dev" "$scratch/a"
+    mount -o loop "$scratch/b.img" "$scratch/b"
+    ip link add hv0 type veth peer name hv1
+    mkdir -p "$cg"
+    (exec -a "$marker" sleep 1000) &
+    echo $! >"$cg/cgroup.procs"
+    (exec -a "$marker" sleep 1000) &
+    touch "$scratch/ready"
+    if [ "${HANG:-}" = 1 ]; then sleep 1000; fi
+    """
+
+    func assertNothingLeft(killed: Bool) throws {
+        for d in ["tmpfs", "a", "b"] { try FileManager.default.createDirectory(atPath: "\(scratch)/\(d)", withIntermediateDirectories: true) }
+        for img in ["a.img", "b.img"] {
+            XCTAssertTrue(FileManager.default.createFile(atPath: "\(scratch)/\(img)", contents: nil))
+            XCTAssertEqual(truncate("\(scratch)/\(img)", 16 << 20), 0)
+            try Program.run(["mkfs.ext4", "-q", "-F", "\(scratch)/\(img)"])
+        }
+        let marker = "crsnap-harness-\(getpid())-\(killed)"
+        // isolate removes what a run made under crsnap/ in any cgroup hierarchy
+        let hierarchy = Sys.isDirectory("/sys/fs/cgroup/freezer") ? "/sys/fs/cgroup/freezer" : "/sys/fs/cgroup/unified"
+        let cg = "\(hierarchy)/crsnap/harness-\(getpid())-\(killed)"
+        let loopsBefore = Self.loopBackingFiles()
+
+        let r = try isolated(["bash", "-c", Self.leaveThings, "leave-things", scratch, marker, cg],
+                             env: ["HANG": killed ? "1" : "0"]) { pid in
+            guard killed else { return }
+            XCTAssertTrue(waitFor(20) { FileManager.default.fileExists(atPath: "\(self.scratch)/ready") }, "the nested run got ready")
+            XCTAssertGreaterThan(pid, 1)
+            if pid > 1 { kill(pid, SIGKILL) }
+        }
+        XCTAssertTrue(FileManager.default.fileExists(atPath: "\(scratch)/ready"), r.output)
+        if killed { XCTAssertEqual(r.status, 128 + SIGKILL, r.output) } else { XCTAssertEqual(r.status, 0, r.output) }
+        let dev = (try? String(contentsOfFile: "\(scratch)/dev", encoding: .utf8))?.trimmingCharacters(in: .whitespacesAndNewlines) ?? "?"
+
+        // After a SIGKILL the guard cleans up on its own: give it a moment.
+        let clean = waitFor(killed ? 10 : 0.1) {
+            !FileManager.default.fileExists(atPath: cg) && Self.loopBackingFiles() == loopsBefore
+                && Self.processes(named: marker).isEmpty
+        }
+        XCTAssertTrue(clean, "the run's leftovers are gone")
+        XCTAssertFalse(FileManager.default.fileExists(atPath: cg), "the run's cgroup \(cg) is removed")
+        XCTAssertEqual(Self.loopBackingFiles(), loopsBefore, "the run's loop devices (\(dev) among them) are detached")
+        XCTAssertEqual(Self.processes(named: marker), [], "no process of the run is left")
+        let mounts = try String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8)
+        XCTAssertFalse(mounts.contains(scratch), "no mount of the run is seen here: \(mounts)")
+        let links = try Program.run(["ip", "-o", "link", "show"])
+        XCTAssertFalse(links.contains("hv0") || links.contains("hv1"), links)
+    }
+
+    func testNothingIsLeftAfterARun() throws {
+        try assertNothingLeft(killed: false)
+    }
+
+    func testNothingIsLeftAfterARunKilledWithSIGKILL() throws {
+        try assertNothingLeft(killed: true)
+    }
+
+    // MARK: - reading the machine
+
+    static func memAvailableMiB() -> Int? {
+        guard let text = try? String(contentsOfFile: "/proc/meminfo", encoding: .utf8) else { return nil }
+        for line in text.split(separator: "\n") where line.hasPrefix("MemAvailable:") {
+            return line.split(separator: " ").dropFirst().first.flatMap { Int($0) }.map { $0 / 1024 }
+        }
+        return nil
+    }
+
+    /// Attached loop devices and their backing files.
+    static func loopBackingFiles() -> [String: String] {
+        var out: [String: String] = [:]
+        for dev in (try? FileManager.default.contentsOfDirectory(atPath: "/sys/block")) ?? [] where dev.hasPrefix("loop") {
+            if let f = try? String(contentsOfFile: "/sys/block/\(dev)/loop/backing_file", encoding: .utf8) {
+                out[dev] = f.trimmingCharacters(in: .whitespacesAndNewlines)
+            }
+        }
+        return out
+    }
+
+    /// Pids whose argv[0] is `name` (zombies included: a zombie is still left).
+    static func processes(named name: String) -> [pid_t] {
+        ((try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []).compactMap { entry in
+            guard let pid = pid_t(entry), let cmd = FileManager.default.contents(atPath: "/proc/\(entry)/cmdline") else { return nil }
+            let argv0 = cmd.split(separator: 0).first.map { String(decoding: $0, as: UTF8.self) }
+            return argv0 == name ? pid : nil
+        }
+    }
+}
