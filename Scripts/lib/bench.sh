@@ -53,3 +53,22 @@ bench_wait_ready() {
     "$bin" logs "$name" >&2 || true
     die "container $name did not print its ready line within $seconds s"
 }
+
+# Refuses a size the machine cannot hold: the MiB it needs must leave the
+# floor every run keeps free (CRSNAP_TEST_MEM_FLOOR_MB, 3072 by default).
+# Memory-backed files are not freed by the OOM killer: check before, not after.
+bench_need_memory() {  # MIB WHAT
+    local need=$1 what=$2 avail floor=${CRSNAP_TEST_MEM_FLOOR_MB:-3072}
+    avail=$(awk '/^MemAvailable:/ {print int($2 / 1024)}' /proc/meminfo)
+    ((avail - need >= floor)) ||
+        die "$what needs about $need MiB of memory; $avail MiB are available, and the floor of $floor MiB must stay free"
+    log "memory: $what needs about $need MiB, $avail MiB available (floor $floor MiB)"
+}
+
+# The same for disk: MIB free on the filesystem of PATH, above the floor.
+bench_need_disk() {  # PATH MIB WHAT
+    local path=$1 need=$2 what=$3 avail floor=${CRSNAP_TEST_DISK_FLOOR_MB:-3072}
+    avail=$(df -Pk -- "$path" | awk 'NR == 2 {print int($4 / 1024)}')
+    ((avail - need >= floor)) ||
+        die "$what needs about $need MiB on $path; $avail MiB are free, and the floor of $floor MiB must stay free"
+}

@@ -17,6 +17,9 @@ public struct DumpRequest {
     /// Bytes an unlinked open file may have before CRIU refuses to copy it.
     public var ghostLimit: UInt32 = 512 << 20
     public var external: [String] = []
+    /// CRIU's network lock (nftables) for the dump; refused for a tree in
+    /// crsnap's own network namespace (see `Safety.networkLockRefusal`).
+    public var networkLock = false
 
     public init(pid: Int32, imagesDir: String, freezeCgroup: String?) {
         self.pid = pid
@@ -92,7 +95,17 @@ public struct Checkpointer {
         o.notifyScripts = r.notify
         o.ghostLimit = r.ghostLimit
         o.external = r.external
-        if let cg = r.freezeCgroup { o.freezeCgroup = cg }
+        if let cg = r.freezeCgroup {
+            try FreezerCgroup(path: cg, version: try FreezerCgroup.hierarchy().version).checkFreezable()
+            o.freezeCgroup = cg
+        }
+        if r.networkLock {
+            if let why = Safety.networkLockRefusal(lock: true, treeNet: Proc.fdTarget(path: "/proc/\(r.pid)/ns/net"),
+                                                   selfNet: Proc.fdTarget(path: "/proc/self/ns/net")) {
+                throw SystemError("refuse CRIU's network lock for", "pid \(r.pid) (\(why))", errno: EPERM)
+            }
+            o.networkLock = .nftables
+        }
         var req = CriuReq()
         req.type = .dump
         req.opts = o

@@ -85,7 +85,7 @@ public struct FreezerCgroup: Sendable {
         while true {
             let pids = procs()
             if pids.isEmpty { return }
-            for pid in pids { _ = kill(pid, SIGKILL) }
+            for pid in pids { try Safety.signal(pid, SIGKILL) }
             if state() != "THAWED" { try? thaw() }
             if Date() > deadline {
                 throw SystemError("kill the tasks of", path, errno: EBUSY)
