@@ -66,15 +66,26 @@ public struct Container {
         return try body(c)
     }
 
-    /// Running means: the monitor is alive and so is the container's init.
+    /// Running means: the monitor is alive and so is the container's init —
+    /// the very processes recorded, not whatever has their numbers now.
     public var isRunning: Bool {
         guard let s = state(), s.status == .running else { return false }
-        return Proc.isAlive(s.monitorPid) && Proc.isAlive(s.initPid)
+        return s.monitor.isAlive && s.initProcess.isAlive
     }
 
     public var monitorAlive: Bool {
         guard let s = state() else { return false }
-        return Proc.isAlive(s.monitorPid)
+        return s.monitor.isAlive
+    }
+
+    /// Why a container recorded as running (or starting) is not: its
+    /// processes are gone — a reboot, or the pid namespace that held them
+    /// ended — whatever pid now has their numbers. Nil otherwise.
+    public var goneReason: String? {
+        guard let s = state(), s.status != .stopped else { return nil }
+        if let why = s.monitor.goneReason() { return "its processes are gone: the monitor's \(why)" }
+        if s.status == .running, let why = s.initProcess.goneReason() { return "its processes are gone: the init's \(why)" }
+        return nil
     }
 
     /// The running init's host pid, or a conflict error saying the container is stopped.

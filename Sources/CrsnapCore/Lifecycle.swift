@@ -205,10 +205,17 @@ public enum Lifecycle {
             let reply = try MonitorChannel.request(dir: c.dir, "stop")
             guard reply.hasPrefix("ok") else { throw CrsnapError(.failed, "stopping \(c.name): \(reply.dropFirst(4))") }
             let deadline = Date().addingTimeInterval(10)
-            while Proc.isAlive(s.monitorPid) && Date() < deadline { usleep(10_000) }
+            while s.monitor.isAlive && Date() < deadline { usleep(10_000) }
         }
         let cg = try c.cgroup()
         if cg.exists { try cg.killAll() }
+        // Processes that went without their monitor (a reboot, an ended pid
+        // namespace) leave a state that still says running: say stopped.
+        if !c.monitorAlive, var s = c.state(), s.status != .stopped {
+            s.status = .stopped
+            s.updated = Date()
+            try JSON.write(s, to: c.statePath)
+        }
     }
 
     /// Removes a stopped container with all its snapshots.

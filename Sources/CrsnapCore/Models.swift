@@ -39,6 +39,13 @@ public struct ContainerState: Codable, Equatable {
     /// CRIU's name of the pipe the container writes its output to ("pipe:[ino]").
     public var logPipe: String
     public var updated: Date
+    /// Who the monitor and the init are: the pids with their start times,
+    /// the boot and the pid namespace (absent in states older than that).
+    public var monitorID: ProcessIdentity? = nil
+    public var initID: ProcessIdentity? = nil
+
+    public var monitor: ProcessIdentity { monitorID ?? ProcessIdentity(pid: monitorPid, start: nil, boot: nil, pidNamespace: nil) }
+    public var initProcess: ProcessIdentity { initID ?? ProcessIdentity(pid: initPid, start: nil, boot: nil, pidNamespace: nil) }
 }
 
 /// Why a snapshot was taken.

@@ -82,7 +82,8 @@ public final class Monitor {
     }
 
     func writeState(_ status: ContainerState.Status) throws {
-        let s = ContainerState(status: status, monitorPid: getpid(), initPid: initPid, logPipe: logPipe, updated: Date())
+        let s = ContainerState(status: status, monitorPid: getpid(), initPid: initPid, logPipe: logPipe, updated: Date(),
+                               monitorID: .of(getpid()), initID: initPid > 0 ? .of(initPid) : nil)
         try JSON.write(s, to: container.statePath)
     }
 

@@ -182,10 +182,10 @@ public enum Rollback {
         if c.monitorAlive, let s = c.state() {
             do {
                 reply = try MonitorChannel.request(dir: c.dir, "hold")
-            } catch where !Proc.isAlive(s.initPid) {
+            } catch where !s.initProcess.isAlive {
                 // Its tree has ended and it is on its way out: let it go and
                 // start a fresh one.
-                guard Proc.waitGone(s.monitorPid, timeout: 5) else {
+                guard s.monitor.waitGone(timeout: 5) else {
                     throw CrsnapError(.failed, "rollback of \(c.name): the monitor (pid \(s.monitorPid)) neither answers nor exits: \(error)")
                 }
             }

@@ -48,6 +48,10 @@ public enum Show {
         public var tmpfs: [Tmpfs]
         public var volumes: [VolumeInfo]
         public var stats: Manifest.Stats
+        /// The container now: "running" or "stopped", and why it is stopped
+        /// when its processes went without crsnap (see `Container.goneReason`).
+        public var container_state: String
+        public var container_reason: String?
     }
 
     public static func describe(store: Store, id: SnapshotID) throws -> Description {
@@ -74,6 +78,7 @@ public enum Show {
                 UnlinkedFile(path: $0.path, size: $0.size, captured: $0.captured.rawValue, held: $0.held, mapped: $0.mapped)
             },
             tmpfs: (m.tmpfs ?? []).map { Tmpfs(mount: $0, captured: "contents in the CRIU images") },
-            volumes: volumes, stats: m.stats)
+            volumes: volumes, stats: m.stats,
+            container_state: c.isRunning ? "running" : "stopped", container_reason: c.isRunning ? nil : c.goneReason)
     }
 }

@@ -130,7 +130,7 @@ public enum Take {
         r.stopped = o.stop
         // Stopped means the monitor has gone too: the next command on the
         // container (resume) must not find it on its way out.
-        if o.stop { _ = Proc.waitGone(state.monitorPid, timeout: 5) }
+        if o.stop { _ = state.monitor.waitGone(timeout: 5) }
         return r
     }
 

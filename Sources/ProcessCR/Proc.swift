@@ -6,17 +6,6 @@ import Glibc
 
 /// What /proc says about processes.
 public enum Proc {
-    /// Waits until `pid` is gone (or a zombie), polling; false if it still
-    /// lives after `timeout` seconds.
-    public static func waitGone(_ pid: pid_t, timeout: Double) -> Bool {
-        let deadline = Date().addingTimeInterval(timeout)
-        while isAlive(pid) {
-            if Date() >= deadline { return false }
-            usleep(10_000)
-        }
-        return true
-    }
-
     public static func isAlive(_ pid: pid_t) -> Bool {
         guard pid > 0 else { return false }
         if kill(pid, 0) != 0 && errno == ESRCH { return false }
@@ -55,5 +44,96 @@ public enum Proc {
             return UInt64(line.dropFirst(7).trimmingCharacters(in: .whitespaces), radix: 16)
         }
         return nil
+    }
+}
+
+/// Who a process is, not just its number: a pid is reused once its process
+/// is gone — after a reboot, or once the pid namespace that held it has
+/// ended, the same number belongs to another process (seen: a container that
+/// vanished with an isolated run listed as running with pid 18, a kernel
+/// thread). Recorded with its start time (ticks since boot, /proc/PID/stat
+/// field 22), the machine's boot id and the pid namespace the number is in.
+public struct ProcessIdentity: Codable, Equatable, Sendable {
+    public var pid: pid_t
+    public var start: UInt64?
+    public var boot: String?
+    public var pidNamespace: String?
+
+    public init(pid: pid_t, start: UInt64?, boot: String?, pidNamespace: String?) {
+        self.pid = pid
+        self.start = start
+        self.boot = boot
+        self.pidNamespace = pidNamespace
+    }
+
+    /// The identity of live process `pid` as this process sees it now.
+    public static func of(_ pid: pid_t) -> ProcessIdentity {
+        ProcessIdentity(pid: pid, start: Proc.startTime(pid), boot: Proc.bootID(), pidNamespace: Proc.pidNamespace())
+    }
+
+    /// Why the recorded process is no longer the one running under `pid`, or
+    /// nil when it is. `now` is what this process sees (injectable for tests).
+    public func goneReason(now: Observed = .current) -> String? {
+        if let boot, let nowBoot = now.boot, boot != nowBoot {
+            return "the machine has restarted since (boot id \(boot.prefix(8))… is now \(nowBoot.prefix(8))…)"
+        }
+        if let ns = pidNamespace, let nowNs = now.pidNamespace, ns != nowNs {
+            return "pid \(pid) was recorded in another pid namespace (\(ns)), not this one (\(nowNs))"
+        }
+        guard pid > 0, let started = now.startTime(pid) else { return "pid \(pid) has exited" }
+        if let start, start != started { return "pid \(pid) now belongs to another process" }
+        return nil
+    }
+
+    public var isAlive: Bool { goneReason() == nil }
+
+    /// What the checks compare against.
+    public struct Observed {
+        public var boot: String?
+        public var pidNamespace: String?
+        /// The start time of a live (not zombie) pid, nil when there is none.
+        public var startTime: (pid_t) -> UInt64?
+
+        public init(boot: String?, pidNamespace: String?, startTime: @escaping (pid_t) -> UInt64?) {
+            self.boot = boot
+            self.pidNamespace = pidNamespace
+            self.startTime = startTime
+        }
+
+        public static var current: Observed {
+            Observed(boot: Proc.bootID(), pidNamespace: Proc.pidNamespace()) { Proc.isAlive($0) ? Proc.startTime($0) : nil }
+        }
+    }
+}
+
+extension Proc {
+    /// Field 22 of /proc/PID/stat: when the process started, in clock ticks after boot.
+    public static func startTime(_ pid: pid_t) -> UInt64? {
+        guard pid > 0, let stat = try? Sys.readText("/proc/\(pid)/stat"), let close = stat.lastIndex(of: ")") else { return nil }
+        // fields from 3 on, after "pid (comm) "
+        let rest = stat[stat.index(after: close)...].split(separator: " ")
+        return rest.count > 19 ? UInt64(rest[19]) : nil
+    }
+
+    /// This boot of the machine (/proc/sys/kernel/random/boot_id).
+    public static func bootID() -> String? {
+        (try? Sys.readText("/proc/sys/kernel/random/boot_id"))?.trimmingCharacters(in: .whitespacesAndNewlines)
+    }
+
+    /// The pid namespace this process is in, "pid:[INODE]".
+    public static func pidNamespace() -> String? {
+        fdTarget(path: "/proc/self/ns/pid")
+    }
+}
+
+extension ProcessIdentity {
+    /// Waits until the recorded process is gone; false if it still runs after `timeout` seconds.
+    public func waitGone(timeout: Double) -> Bool {
+        let deadline = Date().addingTimeInterval(timeout)
+        while isAlive {
+            if Date() >= deadline { return false }
+            usleep(10_000)
+        }
+        return true
     }
 }

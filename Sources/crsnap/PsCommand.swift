@@ -3,7 +3,17 @@ import CrsnapCore
 import Foundation
 
 struct PsCommand: ParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "ps", abstract: "List containers.")
+    static let configuration = CommandConfiguration(commandName: "ps", abstract: "List containers.",
+        discussion: """
+        STATE is running while the container's monitor and init run — the very
+        processes crsnap started or restored (pid, start time, boot), not
+        whatever has their pid numbers now. A container whose processes are
+        gone without crsnap stopping it (the machine rebooted, or the pid
+        namespace it ran in ended) is stopped, marked *, with the reason under
+        the table; resume, stop, rm and doctor --repair work on it.
+        --json prints: name, state, pid, backend, snapshots, and reason when
+        the processes are gone.
+        """)
 
     @OptionGroup var storeOptions: StoreOptions
     @Flag(help: "Print JSON.") var json = false
@@ -14,6 +24,8 @@ struct PsCommand: ParsableCommand {
         var pid: Int32?
         var backend: String
         var snapshots: Int
+        /// Set when the container was running but its processes are gone.
+        var reason: String?
     }
 
     func run() throws {
@@ -27,11 +39,13 @@ struct PsCommand: ParsableCommand {
                 guard let c = try? Container(store: store, name: n), let cfg = try? c.config() else { return nil }
                 let running = c.isRunning
                 return Row(name: n, state: running ? "running" : "stopped", pid: running ? c.state()?.initPid : nil,
-                           backend: "\(store.backend.name)/\(cfg.kind.rawValue)", snapshots: c.snapshotNumbers().count)
+                           backend: "\(store.backend.name)/\(cfg.kind.rawValue)", snapshots: c.snapshotNumbers().count,
+                           reason: running ? nil : c.goneReason)
             }
             if json { return try printJSON(rows) }
             printTable(["NAME", "STATE", "PID", "BACKEND", "SNAPSHOTS"],
-                       rows.map { [$0.name, $0.state, $0.pid.map(String.init) ?? "-", $0.backend, String($0.snapshots)] })
+                       rows.map { [$0.name, $0.state + ($0.reason == nil ? "" : "*"), $0.pid.map(String.init) ?? "-", $0.backend, String($0.snapshots)] })
+            for r in rows { if let why = r.reason { print("* \(r.name): \(why)") } }
         }
     }
 }

@@ -14,7 +14,9 @@ struct ShowCommand: ParsableCommand {
         the CRIU images) and its volumes (snapshotted when the volume is a btrfs
         subvolume on the store's filesystem, otherwise not rolled back).
         --json prints: id, container, tag, type, created, stopped, criu_version,
-        filesystems, unlinked, tmpfs, volumes, stats.
+        filesystems, unlinked, tmpfs, volumes, stats, container_state (running
+        or stopped) and container_reason (when the container's processes are
+        gone without crsnap stopping them: a reboot, an ended pid namespace).
         """
     )
 
@@ -29,6 +31,7 @@ struct ShowCommand: ParsableCommand {
             if json { return try printJSON(d) }
             print("\(d.id)  \(d.type)\(d.stopped ? ", stopped" : "")  created \(formatDate(d.created))"
                   + (d.tag.map { "  tag \($0)" } ?? "") + String(format: "  frozen %.0f ms", d.stats.frozen_ms))
+            print("container \(d.container): \(d.container_state)" + (d.container_reason.map { " — \($0)" } ?? ""))
             print("\nFILE SYSTEMS")
             printTable(["MOUNT", "HOLDS", "CAPTURED", "SNAPSHOT"], d.filesystems.map {
                 [$0.mount, $0.holds, $0.captured + ($0.read_only == true ? ", read-only" : ""), $0.snapshot]

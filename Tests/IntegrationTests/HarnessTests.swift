@@ -214,6 +214,8 @@ final class HarnessTests: XCTestCase {
         let hierarchy = Sys.isDirectory("/sys/fs/cgroup/freezer") ? "/sys/fs/cgroup/freezer" : "/sys/fs/cgroup/unified"
         let cg = "\(hierarchy)/crsnap/harness-\(getpid())-\(killed)"
         let loopsBefore = Self.loopBackingFiles()
+        let runDirs = { ((try? FileManager.default.contentsOfDirectory(atPath: "/run")) ?? []).filter { $0.hasPrefix("crsnap-isolate.") }.sorted() }
+        let runDirsBefore = runDirs()
 
         let r = try isolated(["bash", "-c", Self.leaveThings, "leave-things", scratch, marker, cg],
                              env: ["HANG": killed ? "1" : "0"]) { pid in
@@ -229,12 +231,13 @@ final class HarnessTests: XCTestCase {
         // After a SIGKILL the guard cleans up on its own: give it a moment.
         let clean = waitFor(killed ? 10 : 0.1) {
             !FileManager.default.fileExists(atPath: cg) && Self.loopBackingFiles() == loopsBefore
-                && Self.processes(named: marker).isEmpty
+                && Self.processes(named: marker).isEmpty && runDirs() == runDirsBefore
         }
         XCTAssertTrue(clean, "the run's leftovers are gone")
         XCTAssertFalse(FileManager.default.fileExists(atPath: cg), "the run's cgroup \(cg) is removed")
         XCTAssertEqual(Self.loopBackingFiles(), loopsBefore, "the run's loop devices (\(dev) among them) are detached")
         XCTAssertEqual(Self.processes(named: marker), [], "no process of the run is left")
+        XCTAssertEqual(runDirs(), runDirsBefore, "the isolation's own directory in /run is removed")
         let mounts = try String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8)
         XCTAssertFalse(mounts.contains(scratch), "no mount of the run is seen here: \(mounts)")
         let links = try Program.run(["ip", "-o", "link", "show"])
@@ -247,6 +250,105 @@ final class HarnessTests: XCTestCase {
 
     func testNothingIsLeftAfterARunKilledWithSIGKILL() throws {
         try assertNothingLeft(killed: true)
+    }
+
+    /// Containers started inside a nested run that then ends: their monitors
+    /// and inits are gone, and their recorded pids, as numbers, belong to
+    /// other processes here. crsnap must see them as stopped, say why, never
+    /// signal those processes, and stop, resume, rm and doctor --repair them.
+    func testAContainerThatVanishedWithItsRunIsSeenAsGone() throws {
+        let a = TestContainer(name: uniqueName("it-vanish-a"), overlay: true)
+        let b = TestContainer(name: uniqueName("it-vanish-b"), overlay: true)
+        defer { for c in [a, b] { _ = try? crsnap(["rm", "--force", c.name]) } }
+        let script = """
+        set -eu
+        bin=$1
+        for n in "$2" "$3"; do "$bin" run "$n" --env UNLINKED_MIB=1 -- python3 -c "$WORKLOAD"; done
+        for _ in $(seq 300); do [ "$(wc -l <"$4" 2>/dev/null || echo 0)" -ge 5 ] && break; sleep 0.1; done
+        "$bin" take "$2"
+        """
+        let r = try isolated(["bash", "-c", script, "vanish", Env.binary, a.name, b.name, a.workloadLog],
+                             env: ["CRSNAP_STORE": Env.store!, "WORKLOAD": workloadSource])
+        XCTAssertEqual(r.status, 0, r.output)
+        XCTAssertTrue(r.output.contains("\(a.name)@1"), r.output)
+
+        // Their recorded pids, taken by processes of this run where free.
+        var recorded: [pid_t] = []
+        for c in [a, b] {
+            let state = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: "\(c.dir)/state.json"))) as! [String: Any]
+            XCTAssertEqual(state["status"] as? String, "running", "the run ended without crsnap stopping \(c.name)")
+            recorded += [state["monitorPid"], state["initPid"]].compactMap { ($0 as? NSNumber)?.int32Value }
+        }
+        XCTAssertEqual(recorded.count, 4)
+        let occupants = try recorded.compactMap { try Self.occupy($0) }
+        defer { for p in occupants where p.processIdentifier > 1 { kill(p.processIdentifier, SIGKILL); p.waitUntilExit() } }
+        XCTAssertFalse(occupants.isEmpty, "at least one recorded pid is in use here (\(recorded))")
+        func occupantsAlive(_ what: String) {
+            for p in occupants { XCTAssertTrue(p.isRunning, "\(what): pid \(p.processIdentifier), not the container's, was left alone") }
+        }
+
+        func row(_ c: TestContainer) throws -> [String: Any]? {
+            let ps = try JSONSerialization.jsonObject(with: Data(try crsnapOK(["ps", "--json"]).utf8)) as! [[String: Any]]
+            return ps.first { $0["name"] as? String == c.name }
+        }
+        for c in [a, b] {
+            let rowC = try row(c)
+            XCTAssertEqual(rowC?["state"] as? String, "stopped", "\(rowC ?? [:])")
+            XCTAssertTrue((rowC?["reason"] as? String ?? "").contains("its processes are gone"), "\(rowC ?? [:])")
+        }
+        let table = try crsnapOK(["ps"])
+        XCTAssertTrue(table.contains("* \(a.name): its processes are gone"), table)
+        let show = try JSONSerialization.jsonObject(with: Data(try crsnapOK(["show", "\(a.name)@1", "--json"]).utf8)) as! [String: Any]
+        XCTAssertEqual(show["container_state"] as? String, "stopped")
+        XCTAssertTrue((show["container_reason"] as? String ?? "").contains("its processes are gone"), "\(show)")
+        XCTAssertTrue(try crsnapOK(["show", "\(a.name)@1"]).contains("container \(a.name): stopped — its processes are gone"))
+
+        let repair = try crsnap(["doctor", "--repair", a.name, b.name])
+        XCTAssertFalse(repair.stderr.contains("Connection refused"), repair.stderr)
+        occupantsAlive("doctor --repair")
+
+        // b: removed as it is
+        let rm = try crsnap(["rm", "--force", b.name])
+        XCTAssertEqual(rm.status, 0, rm.stderr)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: b.dir))
+        occupantsAlive("rm --force")
+
+        // a: stopped (the record says so now), resumed from its snapshot, removed
+        let stop = try crsnap(["stop", a.name])
+        XCTAssertEqual(stop.status, 0, stop.stderr)
+        XCTAssertNil(try row(a)?["reason"], "stopped by crsnap now")
+        occupantsAlive("stop")
+        let resume = try crsnap(["resume", a.name])
+        XCTAssertEqual(resume.status, 0, resume.stderr)
+        let running = try row(a)
+        XCTAssertEqual(running?["state"] as? String, "running", "\(running ?? [:])")
+        XCTAssertTrue(try crsnapOK(["show", "\(a.name)@1"]).contains("container \(a.name): running\n"))
+        let pid = (running?["pid"] as? NSNumber)?.int32Value ?? 0
+        XCTAssertFalse(occupants.map(\.processIdentifier).contains(pid))
+        let last = counterLines(a.workloadLog).last ?? 0
+        XCTAssertTrue(waitFor(20) { (counterLines(a.workloadLog).last ?? 0) > last + 3 }, "the resumed counter runs on")
+        XCTAssertEqual(counterLines(a.workloadLog), Array(1...max(1, counterLines(a.workloadLog).count)), "memory agrees with the files")
+        XCTAssertEqual(try crsnap(["rm", "--force", a.name]).status, 0)
+        occupantsAlive("resume and rm")
+    }
+
+    /// Starts a process that gets pid `pid` in this pid namespace, if that
+    /// pid is free (through ns_last_pid, as CRIU does); nil when another
+    /// process has it already.
+    static func occupy(_ pid: pid_t) throws -> Process? {
+        guard pid > 1, kill(pid, 0) != 0 else { return nil }
+        for _ in 0..<50 {
+            try "\(pid - 1)".write(toFile: "/proc/sys/kernel/ns_last_pid", atomically: false, encoding: .utf8)
+            let p = Process()
+            p.executableURL = URL(fileURLWithPath: "/bin/sleep")
+            p.arguments = ["120"]
+            try p.run()
+            if p.processIdentifier == pid { return p }
+            kill(p.processIdentifier, SIGKILL)
+            p.waitUntilExit()
+            if kill(pid, 0) == 0 { return nil }
+        }
+        return nil
     }
 
     // MARK: - reading the machine
