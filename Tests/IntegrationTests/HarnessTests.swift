@@ -45,6 +45,7 @@ final class HarnessTests: XCTestCase {
 
     struct Run {
         let status: Int32
+        /// stdout, then stderr
         let output: String
     }
 
@@ -52,30 +53,8 @@ final class HarnessTests: XCTestCase {
     /// pid once it runs.
     @discardableResult
     func isolated(_ argv: [String], env: [String: String] = [:], started: ((pid_t) throws -> Void)? = nil) throws -> Run {
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: Self.isolate)
-        p.arguments = argv
-        var e = ProcessInfo.processInfo.environment
-        for (k, v) in env { e[k] = v }
-        p.environment = e
-        let out = Pipe()
-        p.standardOutput = out
-        p.standardError = out
-        p.standardInput = FileHandle.nullDevice
-        try p.run()
-        final class Box: @unchecked Sendable { var data = Data() }
-        let box = Box()
-        let group = DispatchGroup()
-        group.enter()
-        DispatchQueue.global().async { box.data = out.fileHandleForReading.readDataToEndOfFile(); group.leave() }
-        defer {
-            if p.isRunning, p.processIdentifier > 1 { kill(p.processIdentifier, SIGKILL) }
-        }
-        try started?(p.processIdentifier)
-        p.waitUntilExit()
-        group.wait()
-        return Run(status: p.terminationStatus == 0 || p.terminationReason == .exit ? p.terminationStatus : 128 + p.terminationStatus,
-                   output: String(decoding: box.data, as: UTF8.self))
+        let r = try runProgram(Self.isolate, argv, env: env, started: started)
+        return Run(status: r.status, output: r.stdout + r.stderr)
     }
 
     func testTheSuiteRunsIsolated() throws {

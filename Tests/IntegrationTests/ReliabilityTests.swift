@@ -115,7 +115,7 @@ final class CrashSafetyTests: ReliabilityCase {
         for (i, step) in Self.takeSteps.enumerated() {
             let before = try listed(c)
             let r = try crsnap(["take", c.name], env: ["CRSNAP_FAULT": "kill:\(step)"])
-            XCTAssertEqual(r.status, SIGKILL, "\(step): crsnap was killed: \(r.stderr)")
+            XCTAssertEqual(r.status, 128 + SIGKILL, "\(step): crsnap was killed: \(r.stderr)")
             XCTAssertEqual(r.stdout, "", "\(step): no id printed")
             if Self.frozenSteps.contains(step) {
                 // The watchdog: CRIU resumes the tasks when its peer vanishes,
@@ -152,7 +152,7 @@ final class CrashSafetyTests: ReliabilityCase {
             usleep(400_000)
             let fault = step.contains(":") ? step : "kill:\(step)"
             let r = try crsnap(["rollback", id], env: ["CRSNAP_FAULT": fault])
-            XCTAssertEqual(r.status, SIGKILL, "\(step): crsnap was killed: \(r.stderr)")
+            XCTAssertEqual(r.status, 128 + SIGKILL, "\(step): crsnap was killed: \(r.stderr)")
             try recover(c, byRepair: i % 2 == 0, step)
             try assertHealthy(c, "after kill at \(step)")
             XCTAssertEqual(c.namespacePids, pids, "\(step): pids inside the container")
@@ -170,7 +170,7 @@ final class CrashSafetyTests: ReliabilityCase {
         try crsnapOK(["take", c.name])
         try crsnapOK(["take", c.name])
         let r = try crsnap(["delete", "\(c.name)@1"], env: ["CRSNAP_FAULT": "kill:delete.unlisted"])
-        XCTAssertEqual(r.status, SIGKILL, r.stderr)
+        XCTAssertEqual(r.status, 128 + SIGKILL, r.stderr)
         XCTAssertEqual(try listed(c), ["\(c.name)@2"], "a half-deleted snapshot is not listed")
         XCTAssertTrue(FileManager.default.fileExists(atPath: "\(c.dir)/journal.json"))
         // The next command on the container finishes the delete.
@@ -183,7 +183,7 @@ final class CrashSafetyTests: ReliabilityCase {
         let c = try startCounter("it-killprune")
         for _ in 1...3 { try crsnapOK(["take", c.name]) }
         let r = try crsnap(["prune", c.name, "--keep-last", "1"], env: ["CRSNAP_FAULT": "kill:delete.unlisted"])
-        XCTAssertEqual(r.status, SIGKILL, r.stderr)
+        XCTAssertEqual(r.status, 128 + SIGKILL, r.stderr)
         let left = try listed(c)
         XCTAssertEqual(left.last, "\(c.name)@3", "the newest is kept")
         XCTAssertLessThan(left.count, 3, "the snapshot being deleted is no longer listed")
@@ -200,7 +200,7 @@ final class CrashSafetyTests: ReliabilityCase {
         let id = try crsnapOK(["take", c.name]).trimmingCharacters(in: .whitespacesAndNewlines)
         try crsnapOK(["stop", c.name])
         let r = try crsnap(["rollback", id], env: ["CRSNAP_FAULT": "kill:rollback.cloned"])
-        XCTAssertEqual(r.status, SIGKILL, r.stderr)
+        XCTAssertEqual(r.status, 128 + SIGKILL, r.stderr)
         let repair = try crsnap(["doctor", "--repair", c.name])
         XCTAssertEqual(repair.status, 0, repair.stderr)
         XCTAssertTrue(repair.stderr.contains("finished"), repair.stderr)

@@ -58,31 +58,42 @@ struct Result {
 /// Runs crsnap with argv (never a shell) against the test store.
 @discardableResult
 func crsnap(_ args: [String], env: [String: String] = [:], store: String? = Env.store) throws -> Result {
-    let p = Process()
-    p.executableURL = URL(fileURLWithPath: Env.binary)
-    p.arguments = args
-    var e = ProcessInfo.processInfo.environment
+    var e = env
     e["CRSNAP_STORE"] = store
-    for (k, v) in env { e[k] = v }
     // Fault injection is honoured only with the test-hook switch on.
     if env["CRSNAP_FAULT"] != nil && env["CRSNAP_TEST_HOOKS"] == nil { e["CRSNAP_TEST_HOOKS"] = "1" }
-    p.environment = e
+    return try runProgram(Env.binary, args, env: e)
+}
+
+/// Runs the program at `path` with argv (never a shell) and the test's
+/// environment plus `env`, stdin from /dev/null, stdout and stderr read to
+/// the end. `started` sees its pid while it runs. The status is the exit
+/// status, or 128+N when signal N ended it.
+func runProgram(_ path: String, _ args: [String], env: [String: String] = [:],
+                started: ((pid_t) throws -> Void)? = nil) throws -> Result {
+    let p = Process()
+    p.executableURL = URL(fileURLWithPath: path)
+    p.arguments = args
+    p.environment = ProcessInfo.processInfo.environment.merging(env) { $1 }
     let out = Pipe(), err = Pipe()
     p.standardOutput = out
     p.standardError = err
     p.standardInput = FileHandle.nullDevice
     try p.run()
-    // Read both to the end before waiting so a full pipe cannot block crsnap.
+    defer { if p.isRunning, p.processIdentifier > 1 { kill(p.processIdentifier, SIGKILL); p.waitUntilExit() } }
+    // Read both to the end before waiting so a full pipe cannot block it.
     final class Box: @unchecked Sendable { var data = Data() }
     let outBox = Box()
     let group = DispatchGroup()
     group.enter()
     DispatchQueue.global().async { outBox.data = out.fileHandleForReading.readDataToEndOfFile(); group.leave() }
+    try started?(p.processIdentifier)
     let errData = err.fileHandleForReading.readDataToEndOfFile()
     group.wait()
     let outData = outBox.data
     p.waitUntilExit()
-    return Result(status: p.terminationStatus, stdout: String(decoding: outData, as: UTF8.self),
+    let status = p.terminationReason == .uncaughtSignal ? 128 + p.terminationStatus : p.terminationStatus
+    return Result(status: status, stdout: String(decoding: outData, as: UTF8.self),
                   stderr: String(decoding: errData, as: UTF8.self))
 }
 

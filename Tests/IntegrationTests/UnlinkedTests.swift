@@ -130,7 +130,7 @@ final class UnlinkedTests: XCTestCase {
         XCTAssertTrue(waitFor(120) { ((try? self.said()) ?? []).contains("ready") })
         // Killed while frozen, with a scratch file for the clone on the overlay.
         let killed = try crsnap(["take", cname], env: ["CRSNAP_FAULT": "kill:take.unlinked-scratch"])
-        XCTAssertEqual(killed.status, SIGKILL, killed.stderr)
+        XCTAssertEqual(killed.status, 128 + SIGKILL, killed.stderr)
         let files = TestContainer(name: cname, overlay: true).filesDir
         XCTAssertTrue(FileManager.default.fileExists(atPath: "\(files)/.crsnap-unlinked/take-0"), "the kill left the scratch file")
         XCTAssertTrue(waitFor(15) { TestContainer(name: self.cname, overlay: true).freezerState == "THAWED" })
