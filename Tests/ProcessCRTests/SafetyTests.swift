@@ -90,3 +90,61 @@ final class SafetyTests: XCTestCase {
         XCTAssertEqual(offenders, [])
     }
 }
+
+/// The guards the network module will go through: address ranges and nftables.
+final class NetworkSafetyTests: XCTestCase {
+    func testParsesNetworks() {
+        XCTAssertEqual(IPv4Network("10.88.0.0/16"), IPv4Network(address: 0x0A58_0000, prefix: 16))
+        XCTAssertEqual(IPv4Network("192.168.1.7")?.prefix, 32)
+        XCTAssertEqual(IPv4Network("10.88.0.0/16")?.description, "10.88.0.0/16")
+        for bad in ["", "10.88.0/16", "10.88.0.256/16", "10.88.0.0/33", "10.88.0.0/-1", "10.88.0.0/+8", "a.b.c.d/8", "10.88.0.0/16/2", "1.2.3.4 "] {
+            XCTAssertNil(IPv4Network(bad), bad)
+        }
+    }
+
+    func testOverlap() {
+        let r = IPv4Network("10.88.0.0/16")!
+        XCTAssertTrue(r.overlaps(IPv4Network("10.88.3.0/24")!))
+        XCTAssertTrue(r.overlaps(IPv4Network("10.0.0.0/8")!))
+        XCTAssertFalse(r.overlaps(IPv4Network("10.89.0.0/16")!))
+        XCTAssertFalse(r.overlaps(IPv4Network("192.168.0.0/16")!))
+    }
+
+    func testRefusesARangeTheHostHas() {
+        let host: [(network: IPv4Network, what: String)] = [
+            (IPv4Network("0.0.0.0/0")!, "route via eth0"),
+            (IPv4Network("172.16.0.0/12")!, "route via eth0"),
+            (IPv4Network("127.0.0.0/8")!, "address 127.0.0.1/8 on lo"),
+        ]
+        XCTAssertNil(Safety.addressRangeRefusal(IPv4Network("10.88.0.0/16")!, host: host), "the default route overlaps everything and does not count")
+        XCTAssertTrue(Safety.addressRangeRefusal(IPv4Network("172.17.0.0/16")!, host: host)?.contains("172.16.0.0/12 (route via eth0)") == true)
+        XCTAssertNotNil(Safety.addressRangeRefusal(IPv4Network("127.1.0.0/16")!, host: host))
+    }
+
+    func testReadsRoutes() {
+        let text = """
+        Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT
+        eth0\t00000000\t0100A8C0\t0003\t0\t0\t0\t00000000\t0\t0\t0
+        eth0\t0000A8C0\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0
+        """
+        let r = Safety.routes(procNetRoute: text)
+        XCTAssertEqual(r.map(\.network), [IPv4Network("192.168.0.0/24")!])
+        XCTAssertEqual(r.first?.what, "route via eth0")
+        // this machine: whatever it has, loopback's address is among them
+        XCTAssertTrue(Safety.hostNetworks().contains { $0.network.overlaps(IPv4Network("127.0.0.1")!) })
+    }
+
+    func testTouchesOnlyItsOwnNftablesTables() {
+        XCTAssertNil(Safety.nftablesRefusal("""
+        add table inet crsnap
+        add chain inet crsnap postrouting { type nat hook postrouting priority 100 ; }
+        add rule inet crsnap postrouting ip saddr 10.88.0.0/16 masquerade
+        flush table inet crsnap; delete table inet crsnap
+        list ruleset
+        """))
+        for bad in ["flush ruleset", "delete ruleset", "reset ruleset", "add table inet filter", "flush table ip nat",
+                    "add rule ip filter input drop", "delete table crsnap0x; delete table docker", "insert rule inet", "nft -f /etc/nftables.conf"] {
+            XCTAssertNotNil(Safety.nftablesRefusal(bad), bad)
+        }
+    }
+}
