@@ -260,7 +260,7 @@ final class RealTakeSteps: TakeSteps, CriuNotifyHandler {
               onPostDump: @escaping () throws -> Void) throws -> DumpStats {
         preDump = onPreDump
         postDump = onPostDump
-        var req = DumpRequest(pid: initPid, imagesDir: imagesDir, freezeCgroup: cgroup.path)
+        var req = DumpRequest(pid: initPid, imagesDir: imagesDir, freezeCgroup: cgroup)
         req.leaveRunning = leaveRunning
         // Bind mounts from the host are external to CRIU: "mnt[PATH]:KEY".
         req.external = volumes.map { "mnt[\($0.container)]:\($0.key)" }
@@ -319,7 +319,7 @@ public enum BareDump {
         let cg = try c.cgroup()
         try Sys.mkdir(scratch, mode: 0o700)
         defer { try? Sys.removeTree(scratch) }
-        var req = DumpRequest(pid: initPid, imagesDir: scratch, freezeCgroup: cg.path)
+        var req = DumpRequest(pid: initPid, imagesDir: scratch, freezeCgroup: cg)
         req.notify = false
         if let ghostLimit { req.ghostLimit = ghostLimit }
         let stats = try Checkpointer(criu: try Criu.locate()).dump(req, handler: nil)

@@ -10,7 +10,7 @@ public struct DumpRequest {
     public var pid: Int32
     public var imagesDir: String
     /// The freezer cgroup CRIU freezes the tree through.
-    public var freezeCgroup: String?
+    public var freezeCgroup: FreezerCgroup?
     public var leaveRunning = true
     /// Ask for pre-dump/post-dump notifications (the handler gets them).
     public var notify = true
@@ -21,7 +21,7 @@ public struct DumpRequest {
     /// crsnap's own network namespace (see `Safety.networkLockRefusal`).
     public var networkLock = false
 
-    public init(pid: Int32, imagesDir: String, freezeCgroup: String?) {
+    public init(pid: Int32, imagesDir: String, freezeCgroup: FreezerCgroup?) {
         self.pid = pid
         self.imagesDir = imagesDir
         self.freezeCgroup = freezeCgroup
@@ -96,8 +96,8 @@ public struct Checkpointer {
         o.ghostLimit = r.ghostLimit
         o.external = r.external
         if let cg = r.freezeCgroup {
-            try FreezerCgroup(path: cg, version: try FreezerCgroup.hierarchy().version).checkFreezable()
-            o.freezeCgroup = cg
+            try cg.checkFreezable()
+            o.freezeCgroup = cg.path
         }
         if r.networkLock {
             if let why = Safety.networkLockRefusal(lock: true, treeNet: Proc.fdTarget(path: "/proc/\(r.pid)/ns/net"),

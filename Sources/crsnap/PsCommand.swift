@@ -6,7 +6,8 @@ struct PsCommand: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "ps", abstract: "List containers.",
         discussion: """
         STATE is running while the container's monitor and init run — the very
-        processes crsnap started or restored (pid, start time, boot), not
+        processes crsnap started or restored (pid, start time, boot, pid
+        namespace), not
         whatever has their pid numbers now. A container whose processes are
         gone without crsnap stopping it (the machine rebooted, or the pid
         namespace it ran in ended) is stopped, marked *, with the reason under
