@@ -1,5 +1,6 @@
 import FSSnapshot
 import Foundation
+import ProcessCR
 import XCTest
 #if canImport(Glibc)
 import Glibc
@@ -39,9 +40,7 @@ final class HarnessTests: XCTestCase {
         }
     }
 
-    func pidNamespace() -> String {
-        (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/ns/pid")) ?? "?"
-    }
+    func pidNamespace() -> String { Proc.pidNamespace() ?? "?" }
 
     struct Run {
         let status: Int32
@@ -189,9 +188,8 @@ final class HarnessTests: XCTestCase {
             try Program.run(["mkfs.ext4", "-q", "-F", "\(scratch)/\(img)"])
         }
         let marker = "crsnap-harness-\(getpid())-\(killed)"
-        // isolate removes what a run made under crsnap/ in any cgroup hierarchy
-        let hierarchy = Sys.isDirectory("/sys/fs/cgroup/freezer") ? "/sys/fs/cgroup/freezer" : "/sys/fs/cgroup/unified"
-        let cg = "\(hierarchy)/crsnap/harness-\(getpid())-\(killed)"
+        // where crsnap makes containers' cgroups (isolate cleans crsnap/ in every hierarchy)
+        let cg = "\(try FreezerCgroup.hierarchy().root)/crsnap/harness-\(getpid())-\(killed)"
         let loopsBefore = Self.loopBackingFiles()
         let runDirs = { ((try? FileManager.default.contentsOfDirectory(atPath: "/run")) ?? []).filter { $0.hasPrefix("crsnap-isolate.") }.sorted() }
         let runDirsBefore = runDirs()
