@@ -68,10 +68,7 @@ public struct Container {
 
     /// Running means: the monitor is alive and so is the container's init —
     /// the very processes recorded, not whatever has their numbers now.
-    public var isRunning: Bool {
-        guard let s = state(), s.status == .running else { return false }
-        return s.monitor.isAlive && s.initProcess.isAlive
-    }
+    public var isRunning: Bool { liveness.running }
 
     public var monitorAlive: Bool {
         guard let s = state() else { return false }
@@ -81,11 +78,15 @@ public struct Container {
     /// Why a container recorded as running (or starting) is not: its
     /// processes are gone — a reboot, or the pid namespace that held them
     /// ended — whatever pid now has their numbers. Nil otherwise.
-    public var goneReason: String? {
-        guard let s = state(), s.status != .stopped else { return nil }
-        if let why = s.monitor.goneReason() { return "its processes are gone: the monitor's \(why)" }
-        if s.status == .running, let why = s.initProcess.goneReason() { return "its processes are gone: the init's \(why)" }
-        return nil
+    public var goneReason: String? { liveness.goneReason }
+
+    /// Both of the above from one read of the state.
+    public var liveness: (running: Bool, goneReason: String?) {
+        guard let s = state(), s.status != .stopped else { return (false, nil) }
+        if let why = s.monitor.goneReason() { return (false, "its processes are gone: the monitor's \(why)") }
+        guard s.status == .running else { return (false, nil) }
+        if let why = s.initProcess.goneReason() { return (false, "its processes are gone: the init's \(why)") }
+        return (true, nil)
     }
 
     /// The running init's host pid, or a conflict error saying the container is stopped.

@@ -67,6 +67,7 @@ public enum Show {
                                       snapshot: m.kind == .overlay ? "\(fs)/upper" : fs, captured: how,
                                       read_only: caps.contains(.readOnlySnapshots) ? (try? Btrfs.isReadOnly(fs)) : nil)]
         if m.kind == .overlay { filesystems[0].holds += " (lower: the host's /, read-only)" }
+        let live = c.liveness
         let volumes = (m.volumes ?? []).map { v in
             VolumeInfo(host: v.host, mount: v.container, snapshotted: v.snapshotted,
                        snapshot: v.snapshotted ? "\(dir)/volumes/\(v.key)" : nil)
@@ -79,6 +80,6 @@ public enum Show {
             },
             tmpfs: (m.tmpfs ?? []).map { Tmpfs(mount: $0, captured: "contents in the CRIU images") },
             volumes: volumes, stats: m.stats,
-            container_state: c.isRunning ? "running" : "stopped", container_reason: c.isRunning ? nil : c.goneReason)
+            container_state: live.running ? "running" : "stopped", container_reason: live.goneReason)
     }
 }

@@ -38,10 +38,10 @@ struct PsCommand: ParsableCommand {
             let store = try Store.open(path)
             let rows: [Row] = store.containerNames().compactMap { n in
                 guard let c = try? Container(store: store, name: n), let cfg = try? c.config() else { return nil }
-                let running = c.isRunning
+                let (running, reason) = c.liveness
                 return Row(name: n, state: running ? "running" : "stopped", pid: running ? c.state()?.initPid : nil,
                            backend: "\(store.backend.name)/\(cfg.kind.rawValue)", snapshots: c.snapshotNumbers().count,
-                           reason: running ? nil : c.goneReason)
+                           reason: reason)
             }
             if json { return try printJSON(rows) }
             printTable(["NAME", "STATE", "PID", "BACKEND", "SNAPSHOTS"],
