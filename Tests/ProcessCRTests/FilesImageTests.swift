@@ -6,8 +6,8 @@ import XCTest
 /// The rewrite of CRIU's files.img that turns captured external files into
 /// plain files at their restore path; everything else is kept byte for byte.
 final class FilesImageTests: XCTestCase {
-    func field(_ n: UInt64, _ payload: [UInt8]) -> [UInt8] { FilesImage.lengthDelimited(n, payload) }
-    func varintField(_ n: UInt64, _ v: UInt64) -> [UInt8] { FilesImage.encodeVarint(n << 3) + FilesImage.encodeVarint(v) }
+    func field(_ n: UInt64, _ payload: [UInt8]) -> [UInt8] { Wire.lengthDelimited(n, payload) }
+    func varintField(_ n: UInt64, _ v: UInt64) -> [UInt8] { ImageFixture.varintField(n, v) }
 
     /// A RegFileEntry: id, flags, pos, fown, name, optional mnt_id and ext, size, mode.
     func reg(id: UInt64, name: String, ext: Bool, mntID: UInt64? = nil) -> [UInt8] {
@@ -25,14 +25,8 @@ final class FilesImageTests: XCTestCase {
         varintField(1, type) + varintField(2, id) + field(type == 1 ? 3 : 7, body)
     }
 
-    func image(_ entries: [[UInt8]]) -> [UInt8] {
-        var out: [UInt8] = [0x19, 0x43, 0x56, 0x54, 0x38, 0x31, 0x30, 0x56]
-        for e in entries {
-            let n = UInt32(e.count)
-            out += [UInt8(n & 0xff), UInt8(n >> 8 & 0xff), UInt8(n >> 16 & 0xff), UInt8(n >> 24)] + e
-        }
-        return out
-    }
+    // FILES_MAGIC
+    func image(_ entries: [[UInt8]]) -> [UInt8] { ImageFixture.image(magic: 0x5630_3138, entries) }
 
     func testExternalFilesBecomePlainFilesAtTheirRestorePath() throws {
         let dir = NSTemporaryDirectory() + "crsnap-files-image-\(getpid())"
