@@ -22,9 +22,11 @@ let package = Package(
         .target(name: "FSSnapshot", dependencies: ["CLibmount"]),
         // SHA-256 of image files (libcrypto), for checksums recorded at take time.
         .target(name: "CCrypto", linkerSettings: [.linkedLibrary("crypto")]),
+        // ptrace: a system call run inside a stopped process (file locks a restore lost).
+        .target(name: "CInject"),
         .target(
             name: "ProcessCR",
-            dependencies: ["CLibmount", "FSSnapshot", .product(name: "SwiftProtobuf", package: "swift-protobuf")],
+            dependencies: ["CLibmount", "CInject", "FSSnapshot", .product(name: "SwiftProtobuf", package: "swift-protobuf")],
             exclude: ["Proto"]
         ),
         .target(name: "CrsnapCore", dependencies: ["FSSnapshot", "ProcessCR", "CCrypto"]),

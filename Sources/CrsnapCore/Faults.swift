@@ -11,6 +11,7 @@ import Glibc
 ///
 /// CRSNAP_FAULT is a comma-separated list of `[MODE:]POINT`:
 ///   POINT or fail:POINT   the step throws an error naming the point
+///   failonce:POINT        the same, the first time the process reaches it
 ///   enospc:POINT          the step fails as the filesystem would when full
 ///                         (ENOSPC), to reach steps a real full store cannot
 ///                         be made to fail at on demand
@@ -35,13 +36,15 @@ import Glibc
 ///   had the reply), rollback.restored (running, old volume not yet deleted);
 ///   delete.unlisted (manifest gone, snapshot directory still there);
 ///   monitor.restore (in the monitor, which reads CRSNAP_FAULT from the
-///   environment it was started with, just before it calls CRIU to restore).
+///   environment it was started with, just before it calls CRIU to restore);
+///   monitor.lock-repair (in the monitor: the restored processes cannot take
+///   their lost file locks again, as if another process held them).
 ///
 /// Switches (any mode): take.no-reflink makes the capture of unlinked open
 /// files copy their bytes, as on a filesystem that cannot clone.
 public enum Faults {
     public enum Action: Equatable {
-        case fail, enospc, kill, sleep(Int), killAfter(Int)
+        case fail, failOnce, enospc, kill, sleep(Int), killAfter(Int)
     }
 
     public static var enabled: Bool { ProcessInfo.processInfo.environment["CRSNAP_TEST_HOOKS"] == "1" }
@@ -57,6 +60,7 @@ public enum Faults {
             guard String(item[item.index(after: colon)...]) == point else { continue }
             let mode = String(item[..<colon])
             if mode == "fail" { return .fail }
+            if mode == "failonce" { return .failOnce }
             if mode == "kill" { return .kill }
             if mode == "enospc" { return .enospc }
             if mode.hasPrefix("sleep="), let ms = Int(mode.dropFirst(6)) { return .sleep(ms) }
@@ -65,10 +69,16 @@ public enum Faults {
         return nil
     }
 
+    nonisolated(unsafe) static var fired: Set<String> = []
+
     public static func check(_ point: String) throws {
         guard let a = action(at: point) else { return }
         switch a {
         case .fail:
+            throw CrsnapError(.failed, "injected fault at \(point) (CRSNAP_FAULT)")
+        case .failOnce:
+            guard !fired.contains(point) else { return }
+            fired.insert(point)
             throw CrsnapError(.failed, "injected fault at \(point) (CRSNAP_FAULT)")
         case .enospc:
             throw SystemError("write", "\(point) (injected by CRSNAP_FAULT)", errno: ENOSPC)

@@ -223,13 +223,36 @@ public final class Monitor {
             // before the tasks run.
             let placed = Sys.exists("\(root)/\(Unlinked.scratchDir)")
             let handler = placed ? PostRestore { try Unlinked.unlinkPlaced(root: root) } : nil
+            // Processes that held file locks come back stopped, so that the
+            // locks CRIU lost can be taken again before any of them runs.
+            let locks = try FileLocks.recorded(imagesDir: images)
+            req.leaveStopped = !locks.isEmpty
             try Faults.check("monitor.restore")
             let pid = try Checkpointer(criu: criu).restore(req, handler: handler) { criuPid in try cg.add(criuPid) }
+            var repaired = ""
+            var report = LockRepair.Report()
+            if req.leaveStopped {
+                do {
+                    let tree = StoppedTree(root: pid, candidates: cgroup.procs())
+                    var repair = LockRepair()
+                    do { try Faults.check("monitor.lock-repair") } catch {
+                        repair.take = { _, locks in locks.map { _ in EAGAIN } }
+                    }
+                    report = try repair.run(recorded: locks, tasks: tree.tasks)
+                    try tree.resume(imagesDir: images)
+                    repaired = String(format: "; %d file locks checked, %d taken again in %.1f ms",
+                                      report.checked, report.repaired.count, report.milliseconds)
+                } catch {
+                    // Never a tree that runs without the locks it held.
+                    try? cgroup.killAll()
+                    throw error
+                }
+            }
             initPid = pid
             holding = false
             try writeState(.running)
-            note("restored \(label) (init pid \(pid))")
-            return "ok \(pid)"
+            note("restored \(label) (init pid \(pid)\(repaired))")
+            return String(format: "ok %d %d %d %.3f", pid, report.checked, report.repaired.count, report.milliseconds)
         } catch {
             return "err \(error)"
         }

@@ -12,6 +12,31 @@ public struct RollbackResult: Codable {
     public var pid: Int32
     /// The snapshot rollback took of the state it replaced (for --undo), if it was running.
     public var pre_rollback: String?
+    public var stats: RollbackStats
+}
+
+public struct RollbackStats: Codable, Equatable {
+    /// File locks of the snapshot checked in the restored tree, those taken
+    /// again inside their processes, and the time that took (0 when the
+    /// snapshot holds no lock; see docs/design.md, "File locks").
+    public var locks_checked = 0
+    public var locks_repaired = 0
+    public var lock_repair_ms = 0.0
+}
+
+/// The monitor's answer to a restore: "ok PID [CHECKED REPAIRED MS]".
+struct Restored {
+    var pid: pid_t
+    var stats = RollbackStats()
+
+    init?(reply: String) {
+        let w = reply.split(separator: " ")
+        guard w.count >= 2, w[0] == "ok", let pid = pid_t(w[1]) else { return nil }
+        self.pid = pid
+        if w.count >= 5, let checked = Int(w[2]), let repaired = Int(w[3]), let ms = Double(w[4]) {
+            stats = RollbackStats(locks_checked: checked, locks_repaired: repaired, lock_repair_ms: ms)
+        }
+    }
 }
 
 /// What the last rollback replaced, so that `rollback --undo` can go back.
@@ -100,9 +125,9 @@ public enum Rollback {
 
         // Stop the tree, swap the volume, restore.
         do {
-            let pid = try stopAndRestore(c, n, faults: true)
+            let restored = try stopAndRestore(c, n, faults: true)
             try? JSON.write(Undo.Record(preRollback: pre, target: n, at: Date()), to: Undo.path(c))
-            return RollbackResult(id: id, pid: pid, pre_rollback: pre.map { "\(c.name)@\($0)" })
+            return RollbackResult(id: id, pid: restored.pid, pre_rollback: pre.map { "\(c.name)@\($0)" }, stats: restored.stats)
         } catch {
             // The swap was undone: the files are as before the rollback.
             var message = "rollback to \(id) failed: \(error)\n"
@@ -135,7 +160,7 @@ public enum Rollback {
     /// With the journal written and the clone at fs.next: kill the tree, swap
     /// the volumes, have the monitor restore. Undone on failure (the previous
     /// volume back in place, the clone deleted, the journal ended).
-    static func stopAndRestore(_ c: Container, _ n: Int, faults: Bool) throws -> pid_t {
+    static func stopAndRestore(_ c: Container, _ n: Int, faults: Bool) throws -> Restored {
         let backend = c.store.backend
         let revert = Revert()
         revert.push("end journal") { try Sys.unlink(c.journalPath) }
@@ -203,7 +228,7 @@ public enum Rollback {
     /// snapshotted with the snapshot go back too, the root is mounted and the
     /// monitor restores the tree; then what was replaced is deleted and the
     /// journal ended. Undone by `revert` on failure.
-    static func swapAndRestore(_ c: Container, _ n: Int, revert: Revert, faults: Bool = true) throws -> pid_t {
+    static func swapAndRestore(_ c: Container, _ n: Int, revert: Revert, faults: Bool = true) throws -> Restored {
         let backend = c.store.backend
         let config = try c.config()
         let m = try c.manifest(n)
@@ -240,14 +265,14 @@ public enum Rollback {
         try fault("rollback.restore")
         let request = ["restore", "\(snapDir)/images", c.rootMount, m.log_pipe, m.id].joined(separator: "\n")
         let reply = try MonitorChannel.request(dir: c.dir, request, afterSend: { try fault("rollback.restoring") })
-        guard reply.hasPrefix("ok "), let pid = pid_t(reply.dropFirst(3)) else {
+        guard let restored = Restored(reply: reply) else {
             throw CrsnapError(.failed, "rollback to \(m.id) failed: \(reply.hasPrefix("err ") ? String(reply.dropFirst(4)) : reply)")
         }
         try fault("rollback.restored")
         try backend.deleteVolume(aside)
         for prev in replaced { try backend.deleteVolume(prev) }
         try Sys.unlink(c.journalPath)
-        return pid
+        return restored
     }
 
     static func unmountRoot(_ c: Container) throws {

@@ -34,10 +34,13 @@ public protocol TakeSteps: AnyObject {
     /// Capture the unlinked open files found before the dump into `dir`
     /// (tasks are frozen, the volume already snapshotted).
     func captureUnlinked(into dir: String) throws -> Unlinked.Captured
+    /// What the dump found that is not part of the instant (after the dump).
+    func warnings() -> [String]
 }
 
 extension TakeSteps {
     public func captureUnlinked(into dir: String) throws -> Unlinked.Captured { Unlinked.Captured() }
+    public func warnings() -> [String] { [] }
 }
 
 public struct TakeResult: Codable {
@@ -52,6 +55,9 @@ public struct TakeResult: Codable {
     public var role: SnapshotRole = .single
     public var pair: Int?
     public var stopped = false
+    /// What the snapshot does not hold although the container uses it, e.g.
+    /// file locks shared with processes outside the container.
+    public var warnings: [String]?
 }
 
 public struct TakeOptions {
@@ -217,7 +223,9 @@ public enum Take {
             try Faults.check("take.renamed")
             try Sys.writeAtomically(c.nextIDPath, Array("\(number + 1)\n".utf8))
             try Sys.unlink(c.journalPath)
-            return TakeResult(id: m.id, container: c.name, number: number, tag: tag, created: m.created, stats: stats, criu: dumpStats)
+            let warnings = steps.warnings()
+            return TakeResult(id: m.id, container: c.name, number: number, tag: tag, created: m.created, stats: stats,
+                              criu: dumpStats, warnings: warnings.isEmpty ? nil : warnings)
         }
     }
 }
@@ -235,6 +243,7 @@ final class RealTakeSteps: TakeSteps, CriuNotifyHandler {
     /// Found before the dump, declared external, captured in post-dump.
     var unlinked: [UnlinkedOpenFile] = []
     var captured: [Manifest.UnlinkedFile] = []
+    var sharedLocks: [SharedLock] = []
 
     init(container: Container, criu: Criu, initPid: pid_t, cgroup: FreezerCgroup) {
         self.container = container
@@ -266,7 +275,11 @@ final class RealTakeSteps: TakeSteps, CriuNotifyHandler {
         req.external = volumes.map { "mnt[\($0.container)]:\($0.key)" }
         // Unlinked open files are referenced, not copied, by CRIU: crsnap
         // clones them while the tasks are frozen.
-        unlinked = Unlinked.scan(cgroup.procs())
+        let tasks = cgroup.procs()
+        unlinked = Unlinked.scan(tasks)
+        // Locks on files that processes outside the container lock too
+        // (a volume, a host path): looked up before the freeze.
+        sharedLocks = FileLocks.shared(by: Set(tasks))
         defer {
             OpenFiles.close(unlinked)
             unlinked = []
@@ -278,6 +291,10 @@ final class RealTakeSteps: TakeSteps, CriuNotifyHandler {
         // a restore puts it at, so CRIU opens it inside the restored root.
         try Unlinked.relocate(captured, in: imagesDir)
         return stats
+    }
+
+    func warnings() -> [String] {
+        sharedLocks.map { "file lock shared with processes outside the container: \($0)" }
     }
 
     func captureUnlinked(into dir: String) throws -> Unlinked.Captured {

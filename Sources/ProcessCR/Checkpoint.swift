@@ -37,6 +37,9 @@ public struct RestoreRequest {
     public var inheritFds: [(key: String, fd: Int32)] = []
     /// CRIU external resources, e.g. "mnt[KEY]:/host/dir" for a bind mount.
     public var external: [String] = []
+    /// Leave the restored processes stopped (SIGSTOP) for the caller to
+    /// mend and resume (see `StoppedTree`).
+    public var leaveStopped = false
 
     public init(imagesDir: String, root: String) {
         self.imagesDir = imagesDir
@@ -129,6 +132,7 @@ public struct Checkpointer {
         o.root = r.root
         o.rstSibling = true
         o.external = r.external
+        o.leaveStopped = r.leaveStopped
         // Notifications (e.g. "post-restore": restored, not yet resumed) only when asked for.
         o.notifyScripts = handler != nil
         for (i, inherit) in r.inheritFds.enumerated() {
@@ -153,9 +157,7 @@ public struct Checkpointer {
     /// then one CriuStatsEntry.
     public static func readDumpStats(_ path: String) throws -> DumpStats {
         let bytes = try Sys.readFile(path)
-        func u32(_ at: Int) -> UInt32 {
-            UInt32(bytes[at]) | UInt32(bytes[at + 1]) << 8 | UInt32(bytes[at + 2]) << 16 | UInt32(bytes[at + 3]) << 24
-        }
+        func u32(_ at: Int) -> UInt32 { Wire.u32(bytes, at) }
         guard bytes.count >= 12, u32(0) == 0x5510_5940, u32(4) == 0x5709_3306 else {
             throw SystemError("parse CRIU stats", path, errno: EINVAL)
         }

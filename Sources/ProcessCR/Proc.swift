@@ -10,10 +10,29 @@ public enum Proc {
         guard pid > 0 else { return false }
         if kill(pid, 0) != 0 && errno == ESRCH { return false }
         // A zombie is dead for our purposes.
-        guard let stat = try? Sys.readText("/proc/\(pid)/stat"),
-              let close = stat.lastIndex(of: ")") else { return false }
-        let rest = stat[stat.index(after: close)...].split(separator: " ")
-        return rest.first.map { $0 != "Z" && $0 != "X" } ?? false
+        guard let s = state(pid) else { return false }
+        return s != "Z" && s != "X"
+    }
+
+    /// The state letter of /proc/PID/stat ("R", "S", "T" stopped, "t" traced,
+    /// "Z", ...), nil when there is no such process.
+    public static func state(_ pid: pid_t) -> Character? {
+        guard pid > 0, let stat = try? Sys.readText("/proc/\(pid)/stat"),
+              let close = stat.lastIndex(of: ")") else { return nil }
+        return stat[stat.index(after: close)...].split(separator: " ").first?.first
+    }
+
+    /// Waits until `pid` is in a group stop (SIGSTOP and the like).
+    public static func waitStopped(_ pid: pid_t, timeout: Double) throws {
+        let deadline = Date().addingTimeInterval(timeout)
+        while true {
+            guard let s = state(pid), s != "Z", s != "X" else {
+                throw SystemError("wait for the process to stop", "pid \(pid)", errno: ESRCH)
+            }
+            if s == "T" { return }
+            if Date() > deadline { throw SystemError("wait for the process to stop (state \(s))", "pid \(pid)", errno: ETIMEDOUT) }
+            usleep(1000)
+        }
     }
 
     /// The pids of `pid` in each nested pid namespace, outermost first (NSpid).

@@ -11,6 +11,9 @@ struct RollbackCommand: ParsableCommand {
         pre-rollback snapshot, so `rollback --undo NAME` can return to it); then
         its writable volume is replaced by a writable clone of the snapshot's and
         the processes are restored with CRIU, so memory and disk agree again.
+        The file locks they held (POSIX, OFD, flock) are held again before any
+        of them runs; one that cannot come back fails the restore, naming the
+        process, the file and the range.
         The replaced volume is kept until the restore has succeeded. If the
         restore fails, the pre-rollback state is restored instead.
         Works on a stopped container too.
@@ -22,7 +25,7 @@ struct RollbackCommand: ParsableCommand {
     var undo = false
     @Flag(help: "Do not take the pre-rollback snapshot (faster; the rollback cannot be undone).")
     var noPreSnapshot = false
-    @Flag(help: "Print JSON: id, pid, pre_rollback.") var json = false
+    @Flag(help: "Print JSON: id, pid, pre_rollback, stats (locks_checked, locks_repaired, lock_repair_ms).") var json = false
     @Argument(help: ArgumentHelp("Snapshot id NAME@N (with --undo: the container NAME).", valueName: "target"))
     var target: String
 

@@ -16,7 +16,10 @@ struct TakeCommand: ParsableCommand {
         lists them. The container keeps running. Prints the new snapshot id (NAME@N) alone on
         stdout; phase timings go to stderr when it is a terminal. On failure no
         snapshot is listed and the container runs on. A retention policy saved
-        with `crsnap prune NAME --save` is applied after each take.
+        with `crsnap prune NAME --save` is applied after each take. A file lock
+        the container holds on a file that a process outside it also locks (a
+        volume, a host path) is named in a warning: the outside side is not
+        part of the snapshot.
         """
     )
 
@@ -27,7 +30,7 @@ struct TakeCommand: ParsableCommand {
     @Flag(help: "Mark the snapshot as the pre half of a pre/post pair.") var pre = false
     @Option(help: ArgumentHelp("Mark the snapshot as the post half paired with this pre snapshot.", valueName: "NAME@N"))
     var post: String?
-    @Flag(help: "Print JSON: id, container, tag, created, stats (frozen_ms, fs_snapshot_ms, dump_ms, images_bytes; unlinked_bytes, copied_bytes, reflinked_bytes where they apply).")
+    @Flag(help: "Print JSON: id, container, tag, created, stats (frozen_ms, fs_snapshot_ms, dump_ms, images_bytes; unlinked_bytes, copied_bytes, reflinked_bytes where they apply), warnings (e.g. file locks shared with processes outside the container).")
     var json = false
     @Argument(help: "Container name.") var name: String
 
@@ -48,6 +51,7 @@ struct TakeCommand: ParsableCommand {
             let r = try Take.take(store: try storeOptions.openExisting(), name: name, o)
             Progress.note(String(format: "%@: frozen %.0f ms (fs snapshot %.1f ms), dump %.0f ms, images %@",
                                  r.id, r.stats.frozen_ms, r.stats.fs_snapshot_ms, r.stats.dump_ms, formatBytes(r.stats.images_bytes)))
+            for w in r.warnings ?? [] { FileHandle.standardError.write(Data("crsnap: warning: \(w)\n".utf8)) }
             if json { try printJSON(r) } else { print(r.id) }
         }
     }
