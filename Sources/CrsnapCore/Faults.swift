@@ -37,8 +37,9 @@ import Glibc
 ///   delete.unlisted (manifest gone, snapshot directory still there);
 ///   monitor.restore (in the monitor, which reads CRSNAP_FAULT from the
 ///   environment it was started with, just before it calls CRIU to restore);
-///   monitor.lock-repair (in the monitor: the restored processes cannot take
-///   their lost file locks again, as if another process held them).
+///   monitor.lock-repair (in the monitor: the restored processes hold none
+///   of their file locks and cannot take them again, as if another process
+///   held them).
 ///
 /// Switches (any mode): take.no-reflink makes the capture of unlinked open
 /// files copy their bytes, as on a filesystem that cannot clone.

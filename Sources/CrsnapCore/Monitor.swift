@@ -236,6 +236,8 @@ public final class Monitor {
                     let tree = StoppedTree(root: pid, candidates: cgroup.procs())
                     var repair = LockRepair()
                     do { try Faults.check("monitor.lock-repair") } catch {
+                        // As if the restore lost every lock and another process held them all.
+                        repair.held = { _, _ in [] }
                         repair.take = { _, locks in locks.map { _ in EAGAIN } }
                     }
                     report = try repair.run(recorded: locks, tasks: tree.tasks)

@@ -126,10 +126,11 @@ final class FileLockTests: XCTestCase {
         let rollback = try JSONSerialization.jsonObject(with: Data(try crsnapOK(["rollback", "\(cname)@1", "--json"]).utf8)) as? [String: Any]
         XCTAssertEqual(lockTable(c), before, "after rollback every lock and the waiting request are back")
         // Five locks held, three of them POSIX locks on files mapped shared:
-        // those three are the ones CRIU loses and crsnap takes again.
+        // those three are the ones CRIU 4.2 loses and crsnap takes again (a
+        // CRIU with the fix in docs/criu-file-locks loses none).
         let stats = rollback?["stats"] as? [String: Any] ?? [:]
         XCTAssertEqual(stats["locks_checked"] as? Int, 5, "\(stats)")
-        XCTAssertEqual(stats["locks_repaired"] as? Int, 3, "\(stats)")
+        XCTAssertTrue([0, 3].contains(stats["locks_repaired"] as? Int ?? -1), "\(stats)")
         XCTAssertNotNil(stats["lock_repair_ms"] as? Double, "\(stats)")
         let log = try crsnap(["logs", cname]).stdout
         XCTAssertTrue(log.contains("taken again"), "the monitor says what it repaired: \(log)")
