@@ -228,7 +228,9 @@ public final class Monitor {
             let locks = try FileLocks.recorded(imagesDir: images)
             req.leaveStopped = !locks.isEmpty
             try Faults.check("monitor.restore")
+            let r0 = DispatchTime.now()
             let pid = try Checkpointer(criu: criu).restore(req, handler: handler) { criuPid in try cg.add(criuPid) }
+            let restoreMs = Double(DispatchTime.now().uptimeNanoseconds - r0.uptimeNanoseconds) / 1e6
             var repaired = ""
             var report = LockRepair.Report()
             if req.leaveStopped {
@@ -254,7 +256,7 @@ public final class Monitor {
             holding = false
             try writeState(.running)
             note("restored \(label) (init pid \(pid)\(repaired))")
-            return String(format: "ok %d %d %d %.3f", pid, report.checked, report.repaired.count, report.milliseconds)
+            return String(format: "ok %d %d %d %.3f %.3f", pid, report.checked, report.repaired.count, report.milliseconds, restoreMs)
         } catch {
             return "err \(error)"
         }

@@ -16,6 +16,9 @@ public struct RollbackResult: Codable {
 }
 
 public struct RollbackStats: Codable, Equatable {
+    /// CRIU's restore as the monitor timed it (the processes restored, not
+    /// yet running).
+    public var restore_ms = 0.0
     /// File locks of the snapshot checked in the restored tree, those taken
     /// again inside their processes, and the time that took (0 when the
     /// snapshot holds no lock; see docs/design.md, "File locks").
@@ -24,7 +27,7 @@ public struct RollbackStats: Codable, Equatable {
     public var lock_repair_ms = 0.0
 }
 
-/// The monitor's answer to a restore: "ok PID [CHECKED REPAIRED MS]".
+/// The monitor's answer to a restore: "ok PID [CHECKED REPAIRED REPAIR_MS RESTORE_MS]".
 struct Restored {
     var pid: pid_t
     var stats = RollbackStats()
@@ -33,8 +36,8 @@ struct Restored {
         let w = reply.split(separator: " ")
         guard w.count >= 2, w[0] == "ok", let pid = pid_t(w[1]) else { return nil }
         self.pid = pid
-        if w.count >= 5, let checked = Int(w[2]), let repaired = Int(w[3]), let ms = Double(w[4]) {
-            stats = RollbackStats(locks_checked: checked, locks_repaired: repaired, lock_repair_ms: ms)
+        if w.count >= 6, let checked = Int(w[2]), let repaired = Int(w[3]), let ms = Double(w[4]), let restore = Double(w[5]) {
+            stats = RollbackStats(restore_ms: restore, locks_checked: checked, locks_repaired: repaired, lock_repair_ms: ms)
         }
     }
 }

@@ -248,6 +248,14 @@ public struct LockRepair {
         var report = Report()
         var problems: [String] = []
         var missing: [pid_t: [FileLock]] = [:]
+        // One read of fdinfo per descriptor and pass, however many locks it holds.
+        var seen: [String: [HeldLock]] = [:]
+        func holds(_ host: pid_t, _ lock: FileLock) -> Bool {
+            let key = "\(host)/\(lock.fd)"
+            let h = seen[key] ?? held(host, lock.fd)
+            seen[key] = h
+            return h.contains(where: lock.isHeld)
+        }
         // Leases are CRIU's own business (it re-breaks them); they are not checked.
         let locks = recorded.filter { $0.kind != .lease }
         for lock in locks {
@@ -256,7 +264,7 @@ public struct LockRepair {
                 continue
             }
             report.checked += 1
-            if !held(host, lock.fd).contains(where: lock.isHeld) { missing[host, default: []].append(lock) }
+            if !holds(host, lock) { missing[host, default: []].append(lock) }
         }
         var failures: [FileLock: String] = [:]
         for (host, wanted) in missing.sorted(by: { $0.key < $1.key }) {
@@ -267,9 +275,10 @@ public struct LockRepair {
                 for lock in wanted { failures[lock] = "\(error)" }
             }
         }
+        seen = [:]
         for (host, wanted) in missing.sorted(by: { $0.key < $1.key }) {
             for lock in wanted {
-                if held(host, lock.fd).contains(where: lock.isHeld) {
+                if holds(host, lock) {
                     report.repaired.append(lock)
                     continue
                 }

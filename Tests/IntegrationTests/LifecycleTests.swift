@@ -213,7 +213,7 @@ final class LifecycleTests: XCTestCase {
         XCTAssertTrue(ps.contains { keys($0).isSuperset(of: ["name", "state", "pid", "backend", "snapshots"]) })
         let rb = try object(["rollback", "\(c.name)@1", "--json"])
         XCTAssertEqual(keys(rb), ["id", "pid", "pre_rollback", "stats"])
-        XCTAssertEqual(keys((rb as! [String: Any])["stats"]!), ["locks_checked", "locks_repaired", "lock_repair_ms"])
+        XCTAssertEqual(keys((rb as! [String: Any])["stats"]!), ["restore_ms", "locks_checked", "locks_repaired", "lock_repair_ms"])
         let diff = try object(["diff", "\(c.name)@1", "--json"]) as! [Any]
         for d in diff { XCTAssertEqual(keys(d), ["path", "change"]) }
         let prune = try object(["prune", c.name, "--keep-last", "5", "--dry-run", "--json"])
