@@ -155,6 +155,8 @@ public final class Monitor {
     }
 
     static let watchdogSeconds = 3.0
+    /// How long a restore may wait for a file lock held outside the container.
+    static let lockWaitSeconds = 3.0
 
     func serveOne() {
         let client = accept(listenFd, nil, nil)
@@ -229,7 +231,17 @@ public final class Monitor {
             req.leaveStopped = !locks.isEmpty
             try Faults.check("monitor.restore")
             let r0 = DispatchTime.now()
-            let pid = try Checkpointer(criu: criu).restore(req, handler: handler) { criuPid in try cg.add(criuPid) }
+            let watch = LockWaitWatch(cgroup: cgroup, patience: Monitor.lockWaitSeconds)
+            watch.start()
+            let pid: pid_t
+            do {
+                pid = try Checkpointer(criu: criu).restore(req, handler: handler) { criuPid in try cg.add(criuPid) }
+            } catch {
+                let held = watch.stop()
+                if !held.isEmpty { throw CrsnapError(.failed, LockWaitWatch.message(held, patience: Monitor.lockWaitSeconds)) }
+                throw error
+            }
+            _ = watch.stop()
             let restoreMs = Double(DispatchTime.now().uptimeNanoseconds - r0.uptimeNanoseconds) / 1e6
             var repaired = ""
             var report = LockRepair.Report()

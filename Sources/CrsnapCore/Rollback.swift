@@ -269,7 +269,8 @@ public enum Rollback {
         let request = ["restore", "\(snapDir)/images", c.rootMount, m.log_pipe, m.id].joined(separator: "\n")
         let reply = try MonitorChannel.request(dir: c.dir, request, afterSend: { try fault("rollback.restoring") })
         guard let restored = Restored(reply: reply) else {
-            throw CrsnapError(.failed, "rollback to \(m.id) failed: \(reply.hasPrefix("err ") ? String(reply.dropFirst(4)) : reply)")
+            // The caller says what was being done: the monitor's own words.
+            throw CrsnapError(.failed, reply.hasPrefix("err ") ? String(reply.dropFirst(4)) : "the monitor answered: \(reply)")
         }
         try fault("rollback.restored")
         try backend.deleteVolume(aside)

@@ -178,15 +178,42 @@ extension FileLocks {
         for mine in lines where !mine.waiting && tasks.contains(mine.pid) {
             let others = lines.filter { $0.file == mine.file && $0.pid > 0 && !tasks.contains($0.pid) }
             guard !others.isEmpty else { continue }
-            let kind = mine.lock.kind == "FLOCK" ? "flock" : mine.lock.kind == "OFDLCK" ? "OFD" : "POSIX"
-            let range = mine.lock.kind == "FLOCK" ? "the whole file" : "bytes \(mine.lock.start)-\(mine.lock.end.map(String.init) ?? "EOF")"
-            var seen: [pid_t] = []
-            for o in others where !seen.contains(o.pid) { seen.append(o.pid) }
-            out.append(SharedLock(file: name(mine.pid, mine.inode) ?? "inode \(mine.file)", holder: mine.pid,
-                                  lock: "\(kind) \(mine.lock.write ? "write" : "read") lock on \(range)",
-                                  outside: seen.map { "pid \($0) (\(process($0)))" }))
+            out.append(sharedLock(mine, with: others, name: name, process: process))
         }
         return out
+    }
+
+    /// Lock requests of `tasks` that wait ("->" in /proc/locks) for a lock
+    /// a process outside them holds, each with the holders. During a CRIU
+    /// restore no restored process runs code of its own, so a waiting
+    /// request of the restored tree is CRIU's own blocking F_SETLKW or
+    /// flock, held up by the outside.
+    public static func waitingOnOutside(_ tasks: Set<pid_t>, procLocks: String = (try? Sys.readText("/proc/locks")) ?? "",
+                                        name: (pid_t, String) -> String? = FileLocks.openPath,
+                                        process: (pid_t) -> String = FileLocks.processName) -> [SharedLock] {
+        let lines = parseProcLocks(procLocks)
+        var out: [SharedLock] = []
+        for w in lines where w.waiting && tasks.contains(w.pid) {
+            let holders = lines.filter { !$0.waiting && $0.file == w.file && !tasks.contains($0.pid) }
+            guard !holders.isEmpty else { continue }
+            out.append(sharedLock(w, with: holders, name: name, process: process))
+        }
+        return out
+    }
+
+    static func sharedLock(_ mine: ProcLock, with others: [ProcLock], name: (pid_t, String) -> String?,
+                           process: (pid_t) -> String) -> SharedLock {
+        var seen: [pid_t] = []
+        for o in others where !seen.contains(o.pid) { seen.append(o.pid) }
+        return SharedLock(file: name(mine.pid, mine.inode) ?? "inode \(mine.file)", holder: mine.pid, lock: describe(mine.lock),
+                          outside: seen.map { $0 > 0 ? "pid \($0) (\(process($0)))" : "an OFD lock (no owning process)" })
+    }
+
+    /// "POSIX write lock on bytes 0-9" for a line of the lock table.
+    static func describe(_ l: HeldLock) -> String {
+        let kind = l.kind == "FLOCK" ? "flock" : l.kind == "OFDLCK" ? "OFD" : "POSIX"
+        let range = l.kind == "FLOCK" ? "the whole file" : "bytes \(l.start)-\(l.end.map(String.init) ?? "EOF")"
+        return "\(kind) \(l.write ? "write" : "read") lock on \(range)"
     }
 
     /// The path of the first descriptor of `pid` on the file with inode number `inode`.

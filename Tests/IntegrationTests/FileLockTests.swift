@@ -270,6 +270,49 @@ final class FileLockTests: XCTestCase {
         XCTAssertTrue(r.stderr.contains("crsnap: warning: file lock shared with processes outside the container"), r.stderr)
     }
 
+    /// A lock of the snapshot that a process outside the container holds by
+    /// the time of the rollback (on a volume): CRIU's restore would wait for
+    /// it for as long as the outsider keeps it. The rollback fails after a
+    /// few seconds instead, naming the file, the range and the holder, and
+    /// the state from before the rollback runs again.
+    func testALockHeldOutsideAtRollbackTimeFailsTheRollbackCleanly() throws {
+        cname = uniqueName("it-lock-out")
+        let host = "\(Env.store!)/\(cname)-vol"
+        try FileManager.default.createDirectory(atPath: host, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: host) }
+        let inside = "import fcntl, os, signal, time\nfd = os.open('/vol/f', os.O_RDWR | os.O_CREAT)\n"
+            + "fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 10, 0)\n"
+            + "signal.signal(signal.SIGUSR1, lambda *a: (fcntl.lockf(fd, fcntl.LOCK_UN, 10, 0), print('released', flush=True)))\n"
+            + "print('ready', flush=True)\nwhile True:\n    time.sleep(1)\n"
+        try crsnapOK(["run", cname, "--volume", "\(host):/vol", "--", "python3", "-c", inside])
+        XCTAssertTrue(waitFor(60) { self.count("ready") == 1 }, "\((try? self.said()) ?? [])")
+        try crsnapOK(["take", cname])
+        try crsnapOK(["exec", cname, "--", "kill", "-USR1", "1"])
+        XCTAssertTrue(waitFor(30) { self.count("released") == 1 })
+
+        let outside = Process()
+        outside.executableURL = URL(fileURLWithPath: "/usr/bin/python3")
+        outside.arguments = ["-c", "import fcntl, os, time\nfd = os.open('\(host)/f', os.O_RDWR)\n"
+                             + "fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 10, 0)\ntime.sleep(120)\n"]
+        try outside.run()
+        defer { if outside.isRunning, outside.processIdentifier > 1 { kill(outside.processIdentifier, SIGKILL) }; outside.waitUntilExit() }
+        XCTAssertTrue(waitFor(10) { ((try? String(contentsOfFile: "/proc/locks", encoding: .utf8)) ?? "").contains(" \(outside.processIdentifier) ") })
+
+        let started = Date()
+        let r = try crsnap(["rollback", "\(cname)@1"])
+        XCTAssertLessThan(Date().timeIntervalSince(started), 60, "the rollback does not wait for the outsider")
+        XCTAssertNotEqual(r.status, 0)
+        for part in ["waited 3 s for file locks", "/vol/f: the snapshot's POSIX write lock on bytes 0-9",
+                     "held by pid \(outside.processIdentifier) (python3) outside the container",
+                     "back in the state from before the rollback"] {
+            XCTAssertTrue(r.stderr.contains(part), "\(part) in: \(r.stderr)")
+        }
+        XCTAssertTrue(try crsnap(["ps", "--json"]).stdout.contains("\"running\""))
+        XCTAssertTrue(outside.isRunning, "the outsider keeps its lock")
+        // The pre-rollback state runs and works: it can be rolled back to.
+        try crsnapOK(["exec", cname, "--", "true"])
+    }
+
     /// A lost lock that cannot be taken again (as if another process held
     /// it) fails the rollback with a message naming the process, the file and
     /// the range, and the state from before the rollback comes back — with

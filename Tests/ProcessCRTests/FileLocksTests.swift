@@ -186,6 +186,24 @@ final class FileLocksTests: XCTestCase {
         XCTAssertEqual(FileLocks.shared(by: [903], procLocks: table, name: { _, _ in nil }, process: { _ in "" }), [])
     }
 
+    func testARestoreWaitingForAnOutsideLockIsSeen() {
+        let table = """
+        1: POSIX  ADVISORY  WRITE 900 00:31:275 0 9
+        1: -> POSIX  ADVISORY  WRITE 500 00:31:275 0 9
+        2: FLOCK  ADVISORY  WRITE 501 00:31:276 0 EOF
+        2: -> FLOCK  ADVISORY  WRITE 502 00:31:276 0 EOF
+        3: OFDLCK ADVISORY  WRITE -1 00:31:277 0 EOF
+        3: -> POSIX  ADVISORY  READ 503 00:31:277 5 5
+
+        """
+        let waiting = FileLocks.waitingOnOutside([500, 501, 502, 503], procLocks: table, name: { _, ino in "/vol/\(ino)" },
+                                                 process: { _ in "python3" })
+        XCTAssertEqual(waiting.map(\.file), ["/vol/275", "/vol/277"], "a wait on one of the tree's own locks is not the outside's")
+        XCTAssertEqual(waiting.first?.lock, "POSIX write lock on bytes 0-9")
+        XCTAssertEqual(waiting.first?.outside, ["pid 900 (python3)"])
+        XCTAssertEqual(waiting.last?.outside, ["an OFD lock (no owning process)"])
+    }
+
     func testTasksStoppedAtTheDumpAreKnownFromTheirCoreImage() throws {
         let dir = try tempDir()
         func core(state: UInt64) -> [UInt8] {
