@@ -173,14 +173,8 @@ extension FileLocks {
     public static func shared(by tasks: Set<pid_t>, procLocks: String = (try? Sys.readText("/proc/locks")) ?? "",
                               name: (pid_t, String) -> String? = FileLocks.openPath,
                               process: (pid_t) -> String = FileLocks.processName) -> [SharedLock] {
-        let lines = parseProcLocks(procLocks)
-        var out: [SharedLock] = []
-        for mine in lines where !mine.waiting && tasks.contains(mine.pid) {
-            let others = lines.filter { $0.file == mine.file && $0.pid > 0 && !tasks.contains($0.pid) }
-            guard !others.isEmpty else { continue }
-            out.append(sharedLock(mine, with: others, name: name, process: process))
-        }
-        return out
+        matching(procLocks, name: name, process: process, mine: { !$0.waiting && tasks.contains($0.pid) },
+                 other: { mine, o in o.file == mine.file && o.pid > 0 && !tasks.contains(o.pid) })
     }
 
     /// Lock requests of `tasks` that wait ("->" in /proc/locks) for a lock
@@ -191,12 +185,19 @@ extension FileLocks {
     public static func waitingOnOutside(_ tasks: Set<pid_t>, procLocks: String = (try? Sys.readText("/proc/locks")) ?? "",
                                         name: (pid_t, String) -> String? = FileLocks.openPath,
                                         process: (pid_t) -> String = FileLocks.processName) -> [SharedLock] {
+        matching(procLocks, name: name, process: process, mine: { $0.waiting && tasks.contains($0.pid) },
+                 other: { mine, o in !o.waiting && o.file == mine.file && !tasks.contains(o.pid) })
+    }
+
+    /// Each line `mine` accepts, with the lines `other` pairs with it (those without any are left out).
+    static func matching(_ procLocks: String, name: (pid_t, String) -> String?, process: (pid_t) -> String,
+                         mine: (ProcLock) -> Bool, other: (ProcLock, ProcLock) -> Bool) -> [SharedLock] {
         let lines = parseProcLocks(procLocks)
         var out: [SharedLock] = []
-        for w in lines where w.waiting && tasks.contains(w.pid) {
-            let holders = lines.filter { !$0.waiting && $0.file == w.file && !tasks.contains($0.pid) }
-            guard !holders.isEmpty else { continue }
-            out.append(sharedLock(w, with: holders, name: name, process: process))
+        for m in lines where mine(m) {
+            let others = lines.filter { other(m, $0) }
+            guard !others.isEmpty else { continue }
+            out.append(sharedLock(m, with: others, name: name, process: process))
         }
         return out
     }

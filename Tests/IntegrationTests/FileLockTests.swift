@@ -235,29 +235,42 @@ final class FileLockTests: XCTestCase {
         try sqliteRollbacks(rootfs: true)
     }
 
+    /// Starts a container running the Python `script` with a fresh host
+    /// directory mounted at /vol; returns that directory (removed at the end).
+    func startOnVolume(_ prefix: String, _ script: String) throws -> String {
+        cname = uniqueName(prefix)
+        let host = "\(Env.store!)/\(cname)-vol"
+        try FileManager.default.createDirectory(atPath: host, withIntermediateDirectories: true)
+        addTeardownBlock { try? FileManager.default.removeItem(atPath: host) }
+        try crsnapOK(["run", cname, "--volume", "\(host):/vol", "--", "python3", "-c", script])
+        XCTAssertTrue(waitFor(60) { self.count("ready") == 1 }, "\((try? self.said()) ?? [])")
+        return host
+    }
+
+    /// A host process (outside every container) holding a lock on `path`:
+    /// lockf(LOCKTYPE, len, start). Killed at the end of the test.
+    func lockOutside(_ path: String, _ lockType: String, _ len: Int, _ start: Int) throws -> Process {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/usr/bin/python3")
+        p.arguments = ["-c", "import fcntl, os, time\nfd = os.open('\(path)', os.O_RDWR)\n"
+                       + "fcntl.lockf(fd, fcntl.\(lockType) | fcntl.LOCK_NB, \(len), \(start))\ntime.sleep(120)\n"]
+        try p.run()
+        addTeardownBlock { if p.isRunning, p.processIdentifier > 1 { kill(p.processIdentifier, SIGKILL) }; p.waitUntilExit() }
+        XCTAssertTrue(waitFor(10) { ((try? String(contentsOfFile: "/proc/locks", encoding: .utf8)) ?? "").contains(" \(p.processIdentifier) ") })
+        return p
+    }
+
     /// A lock on a file that a process outside the container locks too (a
     /// volume) is named by take as outside the instant.
     func testALockSharedWithTheOutsideIsNamedByTake() throws {
-        cname = uniqueName("it-lock-vol")
-        let host = "\(Env.store!)/\(cname)-vol"
-        try FileManager.default.createDirectory(atPath: host, withIntermediateDirectories: true)
-        defer { try? FileManager.default.removeItem(atPath: host) }
-        let inside = "import fcntl, os, time\nfd = os.open('/vol/shared', os.O_RDWR | os.O_CREAT)\n"
-            + "fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 10, 0)\nprint('ready', flush=True)\ntime.sleep(1 << 30)\n"
-        try crsnapOK(["run", cname, "--volume", "\(host):/vol", "--", "python3", "-c", inside])
-        XCTAssertTrue(waitFor(60) { self.count("ready") == 1 }, "\((try? self.said()) ?? [])")
+        let host = try startOnVolume("it-lock-vol", "import fcntl, os, time\nfd = os.open('/vol/shared', os.O_RDWR | os.O_CREAT)\n"
+            + "fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 10, 0)\nprint('ready', flush=True)\ntime.sleep(1 << 30)\n")
         // Nobody outside: no warning.
         let quiet = try crsnap(["take", cname, "--json"])
         XCTAssertEqual(quiet.status, 0, quiet.stderr)
         XCTAssertFalse(quiet.stdout.contains("warnings"), quiet.stdout)
 
-        let outside = Process()
-        outside.executableURL = URL(fileURLWithPath: "/usr/bin/python3")
-        outside.arguments = ["-c", "import fcntl, os, time\nfd = os.open('\(host)/shared', os.O_RDWR)\n"
-                             + "fcntl.lockf(fd, fcntl.LOCK_SH | fcntl.LOCK_NB, 10, 100)\ntime.sleep(60)\n"]
-        try outside.run()
-        defer { if outside.isRunning, outside.processIdentifier > 1 { kill(outside.processIdentifier, SIGKILL) }; outside.waitUntilExit() }
-        XCTAssertTrue(waitFor(10) { ((try? String(contentsOfFile: "/proc/locks", encoding: .utf8)) ?? "").contains(" \(outside.processIdentifier) ") })
+        let outside = try lockOutside("\(host)/shared", "LOCK_SH", 10, 100)
 
         let r = try crsnap(["take", cname, "--json"])
         XCTAssertEqual(r.status, 0, r.stderr)
@@ -276,27 +289,15 @@ final class FileLockTests: XCTestCase {
     /// few seconds instead, naming the file, the range and the holder, and
     /// the state from before the rollback runs again.
     func testALockHeldOutsideAtRollbackTimeFailsTheRollbackCleanly() throws {
-        cname = uniqueName("it-lock-out")
-        let host = "\(Env.store!)/\(cname)-vol"
-        try FileManager.default.createDirectory(atPath: host, withIntermediateDirectories: true)
-        defer { try? FileManager.default.removeItem(atPath: host) }
-        let inside = "import fcntl, os, signal, time\nfd = os.open('/vol/f', os.O_RDWR | os.O_CREAT)\n"
+        let host = try startOnVolume("it-lock-out", "import fcntl, os, signal, time\nfd = os.open('/vol/f', os.O_RDWR | os.O_CREAT)\n"
             + "fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 10, 0)\n"
             + "signal.signal(signal.SIGUSR1, lambda *a: (fcntl.lockf(fd, fcntl.LOCK_UN, 10, 0), print('released', flush=True)))\n"
-            + "print('ready', flush=True)\nwhile True:\n    time.sleep(1)\n"
-        try crsnapOK(["run", cname, "--volume", "\(host):/vol", "--", "python3", "-c", inside])
-        XCTAssertTrue(waitFor(60) { self.count("ready") == 1 }, "\((try? self.said()) ?? [])")
+            + "print('ready', flush=True)\nwhile True:\n    time.sleep(1)\n")
         try crsnapOK(["take", cname])
         try crsnapOK(["exec", cname, "--", "kill", "-USR1", "1"])
         XCTAssertTrue(waitFor(30) { self.count("released") == 1 })
 
-        let outside = Process()
-        outside.executableURL = URL(fileURLWithPath: "/usr/bin/python3")
-        outside.arguments = ["-c", "import fcntl, os, time\nfd = os.open('\(host)/f', os.O_RDWR)\n"
-                             + "fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 10, 0)\ntime.sleep(120)\n"]
-        try outside.run()
-        defer { if outside.isRunning, outside.processIdentifier > 1 { kill(outside.processIdentifier, SIGKILL) }; outside.waitUntilExit() }
-        XCTAssertTrue(waitFor(10) { ((try? String(contentsOfFile: "/proc/locks", encoding: .utf8)) ?? "").contains(" \(outside.processIdentifier) ") })
+        let outside = try lockOutside("\(host)/f", "LOCK_EX", 10, 0)
 
         let started = Date()
         let r = try crsnap(["rollback", "\(cname)@1"])
