@@ -44,15 +44,10 @@ public struct FileLock: Equatable, Hashable, Codable, CustomStringConvertible {
     /// The last byte, nil for "to the end of the file".
     public var end: Int64? { length == 0 ? nil : start + length - 1 }
 
-    public var range: String {
-        if kind == .flock || kind == .lease { return "the whole file" }
-        return "bytes \(start)-\(end.map(String.init) ?? "EOF")"
-    }
+    /// The same lock as the kernel's lock table would show it.
+    var asHeld: HeldLock { HeldLock(kind: kind.procName, write: write, start: start, end: end) }
 
-    public var description: String {
-        let k = kind == .flock ? "flock" : kind == .ofd ? "OFD" : kind == .lease ? "lease" : "POSIX"
-        return "\(k) \(write ? "write" : "read") lock on \(range)"
-    }
+    public var description: String { FileLocks.describe(asHeld) }
 
     /// Whether `held` (a line of fdinfo) is this lock.
     public func isHeld(as held: HeldLock) -> Bool {
@@ -210,10 +205,12 @@ extension FileLocks {
                           outside: seen.map { $0 > 0 ? "pid \($0) (\(process($0)))" : "an OFD lock (no owning process)" })
     }
 
-    /// "POSIX write lock on bytes 0-9" for a line of the lock table.
+    /// "POSIX write lock on bytes 0-9", "flock write lock on the whole file":
+    /// what every message says of a lock, recorded or seen in the lock table.
     static func describe(_ l: HeldLock) -> String {
-        let kind = l.kind == "FLOCK" ? "flock" : l.kind == "OFDLCK" ? "OFD" : "POSIX"
-        let range = l.kind == "FLOCK" ? "the whole file" : "bytes \(l.start)-\(l.end.map(String.init) ?? "EOF")"
+        let kind = ["FLOCK": "flock", "OFDLCK": "OFD", "LEASE": "lease"][l.kind] ?? "POSIX"
+        let whole = l.kind == "FLOCK" || l.kind == "LEASE"
+        let range = whole ? "the whole file" : "bytes \(l.start)-\(l.end.map(String.init) ?? "EOF")"
         return "\(kind) \(l.write ? "write" : "read") lock on \(range)"
     }
 

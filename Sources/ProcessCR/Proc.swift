@@ -17,9 +17,15 @@ public enum Proc {
     /// The state letter of /proc/PID/stat ("R", "S", "T" stopped, "t" traced,
     /// "Z", ...), nil when there is no such process.
     public static func state(_ pid: pid_t) -> Character? {
+        statFields(pid)?.first?.first
+    }
+
+    /// The fields of /proc/PID/stat from the third (state) on: everything
+    /// after the command name, which may itself hold spaces and parentheses.
+    static func statFields(_ pid: pid_t) -> [Substring]? {
         guard pid > 0, let stat = try? Sys.readText("/proc/\(pid)/stat"),
               let close = stat.lastIndex(of: ")") else { return nil }
-        return stat[stat.index(after: close)...].split(separator: " ").first?.first
+        return stat[stat.index(after: close)...].split(separator: " ")
     }
 
     /// Waits until `pid` is in a group stop (SIGSTOP and the like).
@@ -128,10 +134,8 @@ public struct ProcessIdentity: Codable, Equatable, Sendable {
 extension Proc {
     /// Field 22 of /proc/PID/stat: when the process started, in clock ticks after boot.
     public static func startTime(_ pid: pid_t) -> UInt64? {
-        guard pid > 0, let stat = try? Sys.readText("/proc/\(pid)/stat"), let close = stat.lastIndex(of: ")") else { return nil }
-        // fields from 3 on, after "pid (comm) "
-        let rest = stat[stat.index(after: close)...].split(separator: " ")
-        return rest.count > 19 ? UInt64(rest[19]) : nil
+        guard let rest = statFields(pid), rest.count > 19 else { return nil }
+        return UInt64(rest[19])
     }
 
     /// This boot of the machine (/proc/sys/kernel/random/boot_id).

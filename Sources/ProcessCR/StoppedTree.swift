@@ -25,8 +25,6 @@ public struct StoppedTree {
         self.tasks = tasks
     }
 
-    public init(tasks: [Int32: pid_t]) { self.tasks = tasks }
-
     /// Lets every process run (SIGCONT) except those that were stopped when
     /// the images were taken: CRIU recorded them as TASK_STOPPED
     /// (core-PID.img: CoreEntry 3 tc → TaskCoreEntry 1 task_state = 3).
