@@ -45,7 +45,7 @@ public enum Doctor {
 
         do {
             let h = try FreezerCgroup.hierarchy()
-            add("freezer", .ok, "cgroup v\(h.version) freezer at \(h.root)" + (h.version == 2 ? " (v2 costs ~100 ms more per take than v1)" : ""))
+            add("freezer", .ok, "cgroup v\(h.version) freezer at \(h.root)")
         } catch {
             add("freezer", .fail, "\(error)")
         }

@@ -21,12 +21,14 @@ import Glibc
 ///   sleep=MS:POINT        the step waits MS milliseconds
 ///
 /// Points, in order:
-///   take.locked, take.pre-dump, take.post-dump (frozen, before the fs
+///   take.locked, take.pre-dump, take.frozen (crsnap froze the cgroup,
+///   CRIU has not seized the tasks yet), take.post-dump (frozen, before the fs
 ///   snapshot), take.fs-snapshot (frozen, in place of the fs snapshot),
 ///   take.fs-snapshotted (frozen, right after it), take.unlinked (frozen,
 ///   before the unlinked open files are captured), take.unlinked-scratch
 ///   (frozen, overlay root: a scratch file for the clone is on the overlay),
-///   take.thawed (CRIU returned, before checksums),
+///   take.dumped (CRIU returned; the cgroup is still frozen),
+///   take.thawed (thawed, before checksums),
 ///   take.manifest (before it is written), take.renamed (snapshot in place,
 ///   journal not ended);
 ///   rollback.verified, rollback.killed (tree killed, volumes untouched),
@@ -42,7 +44,9 @@ import Glibc
 ///   held them).
 ///
 /// Switches (any mode): take.no-reflink makes the capture of unlinked open
-/// files copy their bytes, as on a filesystem that cannot clone.
+/// files copy their bytes, as on a filesystem that cannot clone;
+/// take.freeze-stuck makes crsnap's freeze never see the cgroup FROZEN, as
+/// with a task that cannot be frozen (the take times out).
 public enum Faults {
     public enum Action: Equatable {
         case fail, failOnce, enospc, kill, sleep(Int), killAfter(Int)

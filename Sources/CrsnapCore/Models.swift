@@ -63,7 +63,7 @@ public enum SnapshotRole: String, Codable, Sendable, CaseIterable {
 /// A complete snapshot: written last, atomically, only when both halves exist.
 public struct Manifest: Codable, Equatable {
     public struct Stats: Codable, Equatable {
-        /// CRIU's frozen time (tasks frozen to thawed), including the fs snapshot.
+        /// CRIU's frozen time (tasks seized to resumed), including the fs snapshot.
         public var frozen_ms: Double
         public var fs_snapshot_ms: Double
         /// Wall time of the whole CRIU dump request.
@@ -79,6 +79,12 @@ public struct Manifest: Codable, Equatable {
         public var checksum_ms: Double? = nil
         /// Total size of the unlinked open files captured beside the images.
         public var unlinked_bytes: UInt64? = nil
+        /// crsnap's freeze: request to every task frozen.
+        public var freezing_ms: Double? = nil
+        /// Freeze request to thaw: how long the container's tasks stood
+        /// still, what a client of the service waits at most. Absent in
+        /// snapshots taken before crsnap froze containers itself.
+        public var pause_ms: Double? = nil
     }
 
     /// An open file whose last name was gone at the frozen instant (unlinked

@@ -16,6 +16,16 @@ public struct RollbackResult: Codable {
 }
 
 public struct RollbackStats: Codable, Equatable {
+    /// The whole rollback, lock to reply: what the caller waits.
+    public var total_ms = 0.0
+    /// The pre-rollback snapshot (a take; 0 when none was taken).
+    public var pre_rollback_ms = 0.0
+    /// Killing the container's tasks until its cgroup was empty: from here
+    /// until the restored tasks run, the service does not answer.
+    public var kill_ms = 0.0
+    /// Putting the snapshot's files in place: the writable clone (made
+    /// before the kill), the swap of the volumes and the mount.
+    public var fs_ms = 0.0
     /// CRIU's restore as the monitor timed it (the processes restored, not
     /// yet running).
     public var restore_ms = 0.0
@@ -37,7 +47,10 @@ struct Restored {
         guard w.count >= 2, w[0] == "ok", let pid = pid_t(w[1]) else { return nil }
         self.pid = pid
         if w.count >= 6, let checked = Int(w[2]), let repaired = Int(w[3]), let ms = Double(w[4]), let restore = Double(w[5]) {
-            stats = RollbackStats(restore_ms: restore, locks_checked: checked, locks_repaired: repaired, lock_repair_ms: ms)
+            stats.restore_ms = restore
+            stats.locks_checked = checked
+            stats.locks_repaired = repaired
+            stats.lock_repair_ms = ms
         }
     }
 }
@@ -95,6 +108,8 @@ public enum Rollback {
 
     static func rollbackLocked(_ c: Container, _ n: Int, preSnapshot: Bool) throws -> RollbackResult {
         let id = "\(c.name)@\(n)"
+        let started = DispatchTime.now()
+        var timing = RollbackStats()
         // Images are a trust boundary: only complete snapshots whose images
         // match the checksums recorded at take time are restored.
         try Verify.require(c, n, doing: "rollback to \(id)")
@@ -112,13 +127,17 @@ public enum Rollback {
             try prepare.run {
                 try holdMonitor(c, revert: prepare)
                 if c.isRunning && preSnapshot {
+                    let t = DispatchTime.now()
                     let p = try Take.takeLocked(c, TakeOptions(role: .preRollback)).number
+                    timing.pre_rollback_ms = milliseconds(since: t)
                     pre = p
                     prepare.push("delete the pre-rollback snapshot \(c.name)@\(p)") { try Snapshots.deleteLocked(c, p) }
                 }
                 try JSON.write(Journal(op: "rollback", started: Date(), path: aside(c), snapshot: n), to: c.journalPath)
                 prepare.push("end journal") { try Sys.unlink(c.journalPath) }
+                let t = DispatchTime.now()
                 try cloneSnapshot(c, n)
+                timing.fs_ms = milliseconds(since: t)
             }
         } catch {
             var message = "rollback to \(id) failed: \(error)\n"
@@ -130,7 +149,11 @@ public enum Rollback {
         do {
             let restored = try stopAndRestore(c, n, faults: true)
             try? JSON.write(Undo.Record(preRollback: pre, target: n, at: Date()), to: Undo.path(c))
-            return RollbackResult(id: id, pid: restored.pid, pre_rollback: pre.map { "\(c.name)@\($0)" }, stats: restored.stats)
+            var stats = restored.stats
+            stats.pre_rollback_ms = timing.pre_rollback_ms
+            stats.fs_ms += timing.fs_ms
+            stats.total_ms = milliseconds(since: started)
+            return RollbackResult(id: id, pid: restored.pid, pre_rollback: pre.map { "\(c.name)@\($0)" }, stats: stats)
         } catch {
             // The swap was undone: the files are as before the rollback.
             var message = "rollback to \(id) failed: \(error)\n"
@@ -169,10 +192,18 @@ public enum Rollback {
         revert.push("end journal") { try Sys.unlink(c.journalPath) }
         revert.push("delete \(next(c))") { if backend.isVolume(next(c)) { try backend.deleteVolume(next(c)) } }
         return try revert.run {
+            let t = DispatchTime.now()
             try c.cgroup().killAll()
+            let killMs = milliseconds(since: t)
             if faults { try Faults.check("rollback.killed") }
-            return try swapAndRestore(c, n, revert: revert, faults: faults)
+            var restored = try swapAndRestore(c, n, revert: revert, faults: faults)
+            restored.stats.kill_ms = killMs
+            return restored
         }
+    }
+
+    static func milliseconds(since t: DispatchTime) -> Double {
+        Double(DispatchTime.now().uptimeNanoseconds - t.uptimeNanoseconds) / 1e6
     }
 
     /// Both halves of snapshot `n` are there (a quick check; Verify does the full one).
@@ -238,6 +269,7 @@ public enum Rollback {
         let aside = aside(c)
         let snapDir = c.snapshotDir(n)
         func fault(_ point: String) throws { if faults { try Faults.check(point) } }
+        let t = DispatchTime.now()
         if Mounts.isMountPoint(c.rootMount) { try unmountRoot(c) }
         revert.push("mount the previous root") {
             try ContainerRoot.mount(volume: c.volume, kind: config.kind, at: c.rootMount)
@@ -265,13 +297,15 @@ public enum Rollback {
         }
         try ContainerRoot.mount(volume: c.volume, kind: config.kind, at: c.rootMount)
         revert.push("unmount the new root") { try unmountRoot(c) }
+        let fsMs = milliseconds(since: t)
         try fault("rollback.restore")
         let request = ["restore", "\(snapDir)/images", c.rootMount, m.log_pipe, m.id].joined(separator: "\n")
         let reply = try MonitorChannel.request(dir: c.dir, request, afterSend: { try fault("rollback.restoring") })
-        guard let restored = Restored(reply: reply) else {
+        guard var restored = Restored(reply: reply) else {
             // The caller says what was being done: the monitor's own words.
             throw CrsnapError(.failed, reply.hasPrefix("err ") ? String(reply.dropFirst(4)) : "the monitor answered: \(reply)")
         }
+        restored.stats.fs_ms = fsMs
         try fault("rollback.restored")
         try backend.deleteVolume(aside)
         for prev in replaced { try backend.deleteVolume(prev) }

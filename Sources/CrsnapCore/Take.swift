@@ -27,6 +27,9 @@ public protocol TakeSteps: AnyObject {
     /// Dump the tree into `imagesDir`; calls back into `onPreDump`/`onPostDump`.
     func dump(imagesDir: String, onPreDump: @escaping () throws -> Void,
               onPostDump: @escaping () throws -> Void) throws -> DumpStats
+    /// Freeze the container's tasks and wait until all are frozen (right
+    /// before CRIU seizes them, after the flush).
+    func freeze() throws
     /// Make sure the container's tasks are not left frozen.
     func ensureThawed() throws
     func deleteVolume(_ path: String) throws
@@ -41,6 +44,7 @@ public protocol TakeSteps: AnyObject {
 extension TakeSteps {
     public func captureUnlinked(into dir: String) throws -> Unlinked.Captured { Unlinked.Captured() }
     public func warnings() -> [String] { [] }
+    public func freeze() throws {}
 }
 
 public struct TakeResult: Codable {
@@ -67,12 +71,18 @@ public struct TakeOptions {
     public var pair: Int?
     /// Checkpoint and stop: the tasks are gone once the snapshot is complete.
     public var stop = false
+    /// Seconds the tasks may take to freeze before the take gives up (thawed,
+    /// nothing added).
+    public var freezeTimeout = TakeOptions.defaultFreezeTimeout
+    public static let defaultFreezeTimeout = 5.0
 
-    public init(tag: String? = nil, role: SnapshotRole = .single, pair: Int? = nil, stop: Bool = false) {
+    public init(tag: String? = nil, role: SnapshotRole = .single, pair: Int? = nil, stop: Bool = false,
+                freezeTimeout: Double = TakeOptions.defaultFreezeTimeout) {
         self.tag = tag
         self.role = role
         self.pair = pair
         self.stop = stop
+        self.freezeTimeout = freezeTimeout
     }
 }
 
@@ -84,6 +94,9 @@ public enum Take {
 
     public static func take(store: Store, name: String, _ o: TakeOptions) throws -> TakeResult {
         if let tag = o.tag { try Names.validate(tag, what: "tag") }
+        guard o.freezeTimeout > 0, o.freezeTimeout <= 600 else {
+            throw CrsnapError(.usage, "--freeze-timeout must be more than 0 and at most 600 seconds (got \(o.freezeTimeout))")
+        }
         return try Container.locked(store: store, name: name) { c in
             try Faults.check("take.locked")
             if let pre = o.pair {
@@ -107,6 +120,7 @@ public enum Take {
         let (criu, version) = try CriuCheck.usable(for: "take \(c.name)")
         let steps = RealTakeSteps(container: c, criu: criu, initPid: initPid, cgroup: cg)
         steps.leaveRunning = !o.stop
+        steps.freezeTimeout = o.freezeTimeout
         steps.volumes = config.volumes ?? []
         steps.kind = config.kind
         let nsPid = Proc.nsPids(initPid).last ?? 0
@@ -172,10 +186,19 @@ public enum Take {
             var fsMs = 0.0
             var snapshotted = false
             var unlinked = Unlinked.Captured()
+            var freezeAsked: UInt64?
+            var freezingMs: Double?
             let t0 = DispatchTime.now()
             let dumpStats = try steps.dump(imagesDir: images, onPreDump: {
                 try Faults.check("take.pre-dump")
                 try steps.flush()
+                // crsnap freezes, not CRIU: CRIU finds the cgroup frozen and
+                // seizes the tasks at once instead of sleeping 100 ms steps.
+                let f = DispatchTime.now().uptimeNanoseconds
+                freezeAsked = f
+                try steps.freeze()
+                freezingMs = Double(DispatchTime.now().uptimeNanoseconds - f) / 1e6
+                try Faults.check("take.frozen")
             }, onPostDump: {
                 let s = DispatchTime.now()
                 try Faults.check("take.post-dump")
@@ -187,7 +210,11 @@ public enum Take {
                 snapshotted = true
             })
             let dumpMs = Double(DispatchTime.now().uptimeNanoseconds - t0.uptimeNanoseconds) / 1e6
+            // CRIU leaves a cgroup it found frozen frozen again: the tasks run
+            // from here on.
+            try Faults.check("take.dumped")
             try steps.ensureThawed()
+            let pauseMs = freezeAsked.map { Double(DispatchTime.now().uptimeNanoseconds - $0) / 1e6 }
             try Faults.check("take.thawed")
             guard snapshotted, steps.isVolume(fsSnap) else {
                 throw CrsnapError(.failed, "take \(c.name): CRIU finished without the post-dump notification; no filesystem snapshot was taken")
@@ -202,6 +229,8 @@ public enum Take {
             let hashMs = Double(DispatchTime.now().uptimeNanoseconds - h0.uptimeNanoseconds) / 1e6
             var stats = Manifest.Stats(frozen_ms: dumpStats.frozenMs, fs_snapshot_ms: fsMs, dump_ms: dumpMs,
                                        images_bytes: Sys.treeSize(images), checksum_ms: hashMs)
+            stats.freezing_ms = freezingMs
+            stats.pause_ms = pauseMs
             let caps = c.store.backend.capabilities
             if !caps.contains(.constantTimeSnapshot) {
                 let size = Sys.treeSize(fsSnap)
@@ -244,6 +273,7 @@ final class RealTakeSteps: TakeSteps, CriuNotifyHandler {
     var unlinked: [UnlinkedOpenFile] = []
     var captured: [Manifest.UnlinkedFile] = []
     var sharedLocks: [SharedLock] = []
+    var freezeTimeout = TakeOptions.defaultFreezeTimeout
 
     init(container: Container, criu: Criu, initPid: pid_t, cgroup: FreezerCgroup) {
         self.container = container
@@ -311,6 +341,10 @@ final class RealTakeSteps: TakeSteps, CriuNotifyHandler {
         case "post-dump": try postDump?()
         default: break
         }
+    }
+
+    func freeze() throws {
+        try cgroup.freeze(timeout: freezeTimeout, stuck: Faults.action(at: "take.freeze-stuck") != nil)
     }
 
     func ensureThawed() throws {

@@ -224,9 +224,7 @@ extension FileLocks {
         return nil
     }
 
-    public static func processName(_ pid: pid_t) -> String {
-        (try? Sys.readText("/proc/\(pid)/comm"))?.trimmingCharacters(in: .whitespacesAndNewlines) ?? "?"
-    }
+    public static func processName(_ pid: pid_t) -> String { Proc.comm(pid) }
 }
 
 /// Brings back file locks a CRIU restore lost, while the restored tree is

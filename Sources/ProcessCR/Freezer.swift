@@ -14,21 +14,36 @@ public struct FreezerCgroup: Sendable {
         self.version = version
     }
 
-    /// The freezer hierarchy of this machine: v1's freezer controller if it is
-    /// mounted (CRIU freezes through it faster), else the cgroup2 mount.
-    public static func hierarchy() throws -> (root: String, version: Int) {
-        let table = try Mounts.table()
-        if let v1 = table.first(where: { $0.fstype == "cgroup" && $0.options.split(separator: ",").contains("freezer") }) {
-            return (v1.target, 1)
-        }
-        if let v2 = table.first(where: { $0.fstype == "cgroup2" }) {
-            return (v2.target, 2)
-        }
+    /// The freezer hierarchy new containers get: v1's freezer controller if
+    /// it is mounted, else the cgroup2 mount. CRSNAP_FREEZER=v1 or v2 picks
+    /// one of them where both are mounted (tests and benchmarks run both).
+    public static func hierarchy(env: [String: String] = ProcessInfo.processInfo.environment) throws -> (root: String, version: Int) {
+        let all = try hierarchies()
+        let wanted = env["CRSNAP_FREEZER"].flatMap { $0 == "v1" ? 1 : $0 == "v2" ? 2 : nil }
+        if let wanted, let h = all.first(where: { $0.version == wanted }) { return h }
+        if let h = all.first { return h }
         throw SystemError("find", "a freezer cgroup hierarchy (neither cgroup v1 freezer nor cgroup2 is mounted)", errno: ENOENT)
     }
 
-    /// The cgroup for container `id` (not created yet).
+    /// The mounted freezer hierarchies, v1's freezer first.
+    static func hierarchies() throws -> [(root: String, version: Int)] {
+        let table = try Mounts.table()
+        var out: [(root: String, version: Int)] = []
+        if let v1 = table.first(where: { $0.fstype == "cgroup" && $0.options.split(separator: ",").contains("freezer") }) {
+            out.append((v1.target, 1))
+        }
+        if let v2 = table.first(where: { $0.fstype == "cgroup2" }) {
+            out.append((v2.target, 2))
+        }
+        return out
+    }
+
+    /// The cgroup for container `id`: the one it has in either hierarchy,
+    /// else where `hierarchy()` would make it (not created yet).
     public static func forContainer(_ id: String) throws -> FreezerCgroup {
+        for h in try hierarchies() where Sys.isDirectory("\(h.root)/crsnap/\(id)") {
+            return FreezerCgroup(path: "\(h.root)/crsnap/\(id)", version: h.version)
+        }
         let (root, version) = try hierarchy()
         return FreezerCgroup(path: "\(root)/crsnap/\(id)", version: version)
     }
@@ -61,14 +76,17 @@ public struct FreezerCgroup: Sendable {
         try Sys.write(fd, Array("\(pid)".utf8), "\(path)/cgroup.procs")
     }
 
-    /// "THAWED", "FREEZING" or "FROZEN".
+    /// "THAWED", "FREEZING" or "FROZEN" (cgroup v2: FROZEN once
+    /// cgroup.events says every task is frozen, FREEZING while it is asked).
     public func state() -> String {
         if version == 1 {
             return ((try? Sys.readText("\(path)/freezer.state")) ?? "THAWED")
                 .trimmingCharacters(in: .whitespacesAndNewlines)
         }
-        let v = ((try? Sys.readText("\(path)/cgroup.freeze")) ?? "0").trimmingCharacters(in: .whitespacesAndNewlines)
-        return v == "1" ? "FROZEN" : "THAWED"
+        let events = (try? Sys.readText("\(path)/cgroup.events")) ?? ""
+        if events.split(separator: "\n").contains("frozen 1") { return "FROZEN" }
+        let asked = ((try? Sys.readText("\(path)/cgroup.freeze")) ?? "0").trimmingCharacters(in: .whitespacesAndNewlines)
+        return asked == "1" ? "FREEZING" : "THAWED"
     }
 
     public func thaw() throws {
@@ -76,6 +94,42 @@ public struct FreezerCgroup: Sendable {
         let fd = try Sys.open("\(path)/\(file)", O_WRONLY)
         defer { Sys.close(fd) }
         try Sys.write(fd, Array(value.utf8), "\(path)/\(file)")
+    }
+
+    /// Freezes every task of the cgroup and returns once all of them are
+    /// frozen, looking every 50 µs at first and never less often than every
+    /// millisecond (CRIU's own loop sleeps 100 ms between looks). Past
+    /// `timeout` seconds the cgroup is thawed again and the error names the
+    /// tasks that did not freeze. `stuck` (a test hook) makes the wait see
+    /// the freeze never finish.
+    public func freeze(timeout: Double, stuck: Bool = false) throws {
+        try checkFreezable()
+        let (file, value) = version == 1 ? ("freezer.state", "FROZEN") : ("cgroup.freeze", "1")
+        let fd = try Sys.open("\(path)/\(file)", O_WRONLY)
+        do {
+            defer { Sys.close(fd) }
+            try Sys.write(fd, Array(value.utf8), "\(path)/\(file)")
+        }
+        let watched = version == 1 ? "freezer.state" : "cgroup.events"
+        let state = try Sys.open("\(path)/\(watched)", O_RDONLY)
+        defer { Sys.close(state) }
+        let start = DispatchTime.now().uptimeNanoseconds
+        var step: UInt32 = 50
+        var buf = [UInt8](repeating: 0, count: 512)
+        while true {
+            let n = buf.withUnsafeMutableBytes { pread(state, $0.baseAddress, $0.count, 0) }
+            if n < 0 { throw SystemError("read", "\(path)/\(watched)", errno: errno) }
+            let text = String(decoding: buf[0..<n], as: UTF8.self)
+            let frozen = version == 1 ? text.hasPrefix("FROZEN") : text.split(separator: "\n").contains("frozen 1")
+            if frozen && !stuck { return }
+            if Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9 >= timeout { break }
+            usleep(step)
+            step = min(step * 2, 1000)
+        }
+        let busy = procs().filter { !Proc.isFrozen($0) }
+        try? thaw()
+        throw FreezeTimeout(cgroup: path, seconds: timeout,
+                            running: busy.prefix(5).map { "\($0) (\(Proc.comm($0)), in \(Proc.wchan($0) ?? "?"))" })
     }
 
     /// SIGKILLs every task and waits until the cgroup is empty (a frozen
@@ -92,5 +146,19 @@ public struct FreezerCgroup: Sendable {
             }
             usleep(10_000)
         }
+    }
+}
+
+/// A freeze that did not finish in time; the cgroup was thawed again.
+public struct FreezeTimeout: Error, CustomStringConvertible {
+    public let cgroup: String
+    public let seconds: Double
+    /// Some of the tasks not frozen yet: "PID (COMM, in WCHAN)".
+    public let running: [String]
+
+    public var description: String {
+        "the tasks of \(cgroup) did not all freeze within \(String(format: "%g", seconds)) s"
+            + (running.isEmpty ? "" : " (not frozen: " + running.joined(separator: ", ") + ")")
+            + "; they were thawed again"
     }
 }

@@ -28,6 +28,24 @@ public enum Proc {
         return stat[stat.index(after: close)...].split(separator: " ")
     }
 
+    /// The command name (/proc/PID/comm), "?" when unknown.
+    public static func comm(_ pid: pid_t) -> String {
+        (try? Sys.readText("/proc/\(pid)/comm"))?.trimmingCharacters(in: .whitespacesAndNewlines) ?? "?"
+    }
+
+    /// Where the task sleeps in the kernel (/proc/PID/wchan), nil when unknown.
+    public static func wchan(_ pid: pid_t) -> String? {
+        guard let w = try? Sys.readText("/proc/\(pid)/wchan"), !w.isEmpty, w != "0" else { return nil }
+        return w
+    }
+
+    /// True when the task sits in the freezer (v1 or v2) or in a stop.
+    public static func isFrozen(_ pid: pid_t) -> Bool {
+        if let s = state(pid), s == "T" || s == "t" { return true }
+        guard let w = wchan(pid) else { return false }
+        return w == "__refrigerator" || w == "do_freezer_trap"
+    }
+
     /// Waits until `pid` is in a group stop (SIGSTOP and the like).
     public static func waitStopped(_ pid: pid_t, timeout: Double) throws {
         let deadline = Date().addingTimeInterval(timeout)

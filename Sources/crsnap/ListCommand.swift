@@ -10,7 +10,10 @@ struct ListCommand: ParsableCommand {
         TYPE is single (take), pre or post (a pair: post(N) names its pre), or
         pre-rollback (what a rollback replaced; `rollback --undo` returns to it).
         --json prints one object per snapshot: id, number, type, pair, tag,
-        created, age_seconds, frozen_ms, fs_snapshot_ms, images_bytes, stopped.
+        created, age_seconds, pause_ms, frozen_ms, fs_snapshot_ms, images_bytes,
+        stopped. PAUSE(ms) is how long the container stood still for the take,
+        from crsnap's freeze request to the thaw: what a client of the service
+        waited at most ("-" for snapshots from before crsnap measured it).
         """
     )
 
@@ -26,6 +29,7 @@ struct ListCommand: ParsableCommand {
         var tag: String?
         var created: Date
         var age_seconds: Int
+        var pause_ms: Double?
         var frozen_ms: Double
         var fs_snapshot_ms: Double
         var images_bytes: UInt64
@@ -47,14 +51,14 @@ struct ListCommand: ParsableCommand {
             let rows = ms.map { m in
                 Row(id: m.id, number: m.number, type: m.snapshotRole.rawValue, pair: partner[m.number].map { "\(name)@\($0)" },
                     tag: m.tag, created: m.created, age_seconds: Int(Date().timeIntervalSince(m.created)),
-                    frozen_ms: m.stats.frozen_ms, fs_snapshot_ms: m.stats.fs_snapshot_ms,
+                    pause_ms: m.stats.pause_ms, frozen_ms: m.stats.frozen_ms, fs_snapshot_ms: m.stats.fs_snapshot_ms,
                     images_bytes: m.stats.images_bytes, stopped: m.stopped ?? false)
             }
             if json { return try printJSON(rows) }
-            printTable(["ID", "TYPE", "TAG", "CREATED", "AGE", "FROZEN(ms)", "SIZE"], rows.map { r in
+            printTable(["ID", "TYPE", "TAG", "CREATED", "AGE", "PAUSE(ms)", "SIZE"], rows.map { r in
                 let type = r.pair.map { "\(r.type)(\($0.split(separator: "@").last!))" } ?? r.type
                 return [r.id, type + (r.stopped ? ",stopped" : ""), r.tag ?? "-", formatDate(r.created), formatAge(r.age_seconds),
-                        String(format: "%.0f", r.frozen_ms), formatBytes(r.images_bytes)]
+                        r.pause_ms.map { String(format: "%.0f", $0) } ?? "-", formatBytes(r.images_bytes)]
             })
         }
     }

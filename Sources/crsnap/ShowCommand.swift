@@ -30,7 +30,8 @@ struct ShowCommand: ParsableCommand {
             let d = try Show.describe(store: try storeOptions.openExisting(), id: sid)
             if json { return try printJSON(d) }
             print("\(d.id)  \(d.type)\(d.stopped ? ", stopped" : "")  created \(formatDate(d.created))"
-                  + (d.tag.map { "  tag \($0)" } ?? "") + String(format: "  frozen %.0f ms", d.stats.frozen_ms))
+                  + (d.tag.map { "  tag \($0)" } ?? "") + (d.stats.pause_ms.map { String(format: "  paused %.0f ms", $0) } ?? "")
+                  + String(format: "  frozen %.0f ms", d.stats.frozen_ms))
             print("container \(d.container): \(d.container_state)" + (d.container_reason.map { " — \($0)" } ?? ""))
             print("\nFILE SYSTEMS")
             printTable(["MOUNT", "HOLDS", "CAPTURED", "SNAPSHOT"], d.filesystems.map {

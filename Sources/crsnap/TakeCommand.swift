@@ -7,9 +7,13 @@ struct TakeCommand: ParsableCommand {
         commandName: "take",
         abstract: "Checkpoint a container's processes and snapshot its files at one instant.",
         discussion: """
-        CRIU freezes the container through its freezer cgroup and dumps it; while
-        the tasks are frozen (CRIU's post-dump notification) crsnap snapshots the
-        writable volume, so memory and files are from the same instant. Open
+        crsnap flushes the container's files, freezes its freezer cgroup and
+        waits until every task is frozen (--freeze-timeout; past it the tasks
+        are thawed and nothing is added), then CRIU seizes and dumps them; while
+        they stand still (CRIU's post-dump notification) crsnap snapshots the
+        writable volume, so memory and files are from the same instant, and
+        thaws the tasks as soon as CRIU is done. The pause a client of the
+        service sees is `pause_ms` in --json and PAUSE(ms) in `crsnap list`. Open
         files whose last name is gone (unlinked, O_TMPFILE) are cloned into the
         snapshot in the same instant, whatever their size, and copied only
         where the filesystem cannot clone (`copied_bytes`); `crsnap show`
@@ -30,7 +34,9 @@ struct TakeCommand: ParsableCommand {
     @Flag(help: "Mark the snapshot as the pre half of a pre/post pair.") var pre = false
     @Option(help: ArgumentHelp("Mark the snapshot as the post half paired with this pre snapshot.", valueName: "NAME@N"))
     var post: String?
-    @Flag(help: "Print JSON: id, container, tag, created, stats (frozen_ms, fs_snapshot_ms, dump_ms, images_bytes; unlinked_bytes, copied_bytes, reflinked_bytes where they apply), warnings (e.g. file locks shared with processes outside the container).")
+    @Option(help: ArgumentHelp("Seconds the tasks may take to freeze before the take gives up (thawed, nothing added).", valueName: "SECONDS"))
+    var freezeTimeout: Double = TakeOptions.defaultFreezeTimeout
+    @Flag(help: "Print JSON: id, container, tag, created, stats (pause_ms: freeze request to thaw, what a client waits; freezing_ms: freeze request to all tasks frozen; frozen_ms: CRIU's seize to resume; fs_snapshot_ms, dump_ms, images_bytes; unlinked_bytes, copied_bytes, reflinked_bytes where they apply), criu (CRIU's own figures), warnings (e.g. file locks shared with processes outside the container).")
     var json = false
     @Argument(help: "Container name.") var name: String
 
@@ -38,7 +44,7 @@ struct TakeCommand: ParsableCommand {
         try reporting {
             try Names.validate(name)
             if let tag { try Names.validate(tag, what: "tag") }
-            var o = TakeOptions(tag: tag, role: pre ? .pre : .single, stop: stop)
+            var o = TakeOptions(tag: tag, role: pre ? .pre : .single, stop: stop, freezeTimeout: freezeTimeout)
             if let post {
                 guard !pre else { throw CrsnapError(.usage, "--pre and --post exclude each other") }
                 let sid = try SnapshotID(parsing: post)
@@ -49,8 +55,9 @@ struct TakeCommand: ParsableCommand {
                 o.pair = sid.number
             }
             let r = try Take.take(store: try storeOptions.openExisting(), name: name, o)
-            Progress.note(String(format: "%@: frozen %.0f ms (fs snapshot %.1f ms), dump %.0f ms, images %@",
-                                 r.id, r.stats.frozen_ms, r.stats.fs_snapshot_ms, r.stats.dump_ms, formatBytes(r.stats.images_bytes)))
+            Progress.note(String(format: "%@: paused %.0f ms (freezing %.1f ms, frozen %.0f ms, fs snapshot %.1f ms), dump %.0f ms, images %@",
+                                 r.id, r.stats.pause_ms ?? r.stats.frozen_ms, r.stats.freezing_ms ?? 0, r.stats.frozen_ms,
+                                 r.stats.fs_snapshot_ms, r.stats.dump_ms, formatBytes(r.stats.images_bytes)))
             for w in r.warnings ?? [] { FileHandle.standardError.write(Data("crsnap: warning: \(w)\n".utf8)) }
             if json { try printJSON(r) } else { print(r.id) }
         }

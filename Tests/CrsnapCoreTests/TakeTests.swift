@@ -38,6 +38,7 @@ final class FakeTakeSteps: TakeSteps {
     var skipPostDump = false
     var writeInventory = true
     var failEnsureThawed = false
+    var failFreeze = false
     var failDeleteVolume = false
     /// What the unlinked-file capture reports (called in post-dump).
     var unlinked = Unlinked.Captured()
@@ -53,6 +54,11 @@ final class FakeTakeSteps: TakeSteps {
     func flush() throws {
         calls.append("flush")
         if failFlush { throw Injected(at: "flush") }
+    }
+
+    func freeze() throws {
+        calls.append("freeze")
+        if failFreeze { throw Injected(at: "freeze") }
     }
 
     func snapshotVolume(to destination: String) throws {
@@ -165,7 +171,28 @@ final class TakeTests: XCTestCase {
         let steps = try FakeTakeSteps(container: c)
         _ = try take(steps)
         let staging = "\(c.snapshotsDir)/.staging-1"
-        XCTAssertEqual(steps.calls, ["dump", "flush", "snapshot \(staging)/fs", "unlinked \(staging)/unlinked", "ensureThawed"])
+        XCTAssertEqual(steps.calls, ["dump", "flush", "freeze", "snapshot \(staging)/fs", "unlinked \(staging)/unlinked",
+                                     "ensureThawed"])
+    }
+
+    func testThePauseRunsFromTheFreezeToTheThaw() throws {
+        let r = try take(try FakeTakeSteps(container: c))
+        let freezing = try XCTUnwrap(r.stats.freezing_ms, "freezing_ms is reported")
+        let pause = try XCTUnwrap(r.stats.pause_ms, "pause_ms is reported")
+        XCTAssertGreaterThanOrEqual(freezing, 0)
+        XCTAssertGreaterThanOrEqual(pause, freezing, "the pause holds the freeze")
+        XCTAssertGreaterThanOrEqual(pause, r.stats.fs_snapshot_ms, "the pause holds the fs snapshot")
+        XCTAssertEqual(try c.manifest(r.number).stats.pause_ms, pause, "the manifest keeps it")
+    }
+
+    func testAFreezeThatFailsDiscardsEverythingAndThaws() throws {
+        let steps = try FakeTakeSteps(container: c)
+        steps.failFreeze = true
+        XCTAssertThrowsError(try take(steps)) { error in
+            XCTAssertEqual(error as? FakeTakeSteps.Injected, .init(at: "freeze"))
+        }
+        assertNothingLeft(steps, nextIDBefore: nil)
+        XCTAssertFalse(steps.calls.contains { $0.hasPrefix("snapshot") }, "no snapshot after a failed freeze")
     }
 
     func testUnlinkedFilesCapturedWhileFrozenAreInTheManifestAndStats() throws {

@@ -196,7 +196,7 @@ final class LifecycleTests: XCTestCase {
         let take = try object(["take", c.name, "--json"])
         // tag and pair are left out when unset.
         XCTAssertTrue(keys(take).isSuperset(of: ["id", "number", "container", "created", "role", "stats", "criu", "stopped"]), "\(keys(take))")
-        XCTAssertTrue(keys((take as! [String: Any])["stats"]!).isSuperset(of: ["frozen_ms", "fs_snapshot_ms", "dump_ms", "images_bytes"]))
+        XCTAssertTrue(keys((take as! [String: Any])["stats"]!).isSuperset(of: ["frozen_ms", "fs_snapshot_ms", "dump_ms", "images_bytes", "freezing_ms", "pause_ms"]))
         let show = try object(["show", "\(c.name)@1", "--json"])
         XCTAssertTrue(keys(show).isSuperset(of: ["id", "container", "type", "created", "stopped", "filesystems", "unlinked", "tmpfs", "volumes", "stats"]), "\(keys(show))")
         for f in ((show as! [String: Any])["filesystems"] as! [Any]) {
@@ -208,12 +208,13 @@ final class LifecycleTests: XCTestCase {
         let verify = try object(["verify", "\(c.name)@1", "--json"])
         XCTAssertEqual(keys(verify), ["id", "ok", "problems", "images_checked"])
         let list = try object(["list", c.name, "--json"]) as! [Any]
-        XCTAssertTrue(keys(list[0]).isSuperset(of: ["id", "number", "type", "created", "age_seconds", "frozen_ms", "fs_snapshot_ms", "images_bytes", "stopped"]), "\(keys(list[0]))")
+        XCTAssertTrue(keys(list[0]).isSuperset(of: ["id", "number", "type", "created", "age_seconds", "pause_ms", "frozen_ms", "fs_snapshot_ms", "images_bytes", "stopped"]), "\(keys(list[0]))")
         let ps = try object(["ps", "--json"]) as! [Any]
         XCTAssertTrue(ps.contains { keys($0).isSuperset(of: ["name", "state", "pid", "backend", "snapshots"]) })
         let rb = try object(["rollback", "\(c.name)@1", "--json"])
         XCTAssertEqual(keys(rb), ["id", "pid", "pre_rollback", "stats"])
-        XCTAssertEqual(keys((rb as! [String: Any])["stats"]!), ["restore_ms", "locks_checked", "locks_repaired", "lock_repair_ms"])
+        XCTAssertEqual(keys((rb as! [String: Any])["stats"]!), ["total_ms", "pre_rollback_ms", "kill_ms", "fs_ms", "restore_ms",
+                                                                "locks_checked", "locks_repaired", "lock_repair_ms"])
         let diff = try object(["diff", "\(c.name)@1", "--json"]) as! [Any]
         for d in diff { XCTAssertEqual(keys(d), ["path", "change"]) }
         let prune = try object(["prune", c.name, "--keep-last", "5", "--dry-run", "--json"])

@@ -94,9 +94,12 @@ class ReliabilityCase: XCTestCase {
 /// then the watchdog, the next command or `doctor --repair` must leave the
 /// container running and thawed and the store consistent.
 final class CrashSafetyTests: ReliabilityCase {
-    static let takeSteps = ["take.locked", "take.pre-dump", "take.post-dump", "take.fs-snapshot", "take.fs-snapshotted",
-                            "take.unlinked", "take.thawed", "take.manifest", "take.renamed"]
-    static let frozenSteps: Set<String> = ["take.post-dump", "take.fs-snapshot", "take.fs-snapshotted", "take.unlinked"]
+    static let takeSteps = ["take.locked", "take.pre-dump", "take.frozen", "take.post-dump", "take.fs-snapshot",
+                            "take.fs-snapshotted", "take.unlinked", "take.dumped", "take.thawed", "take.manifest", "take.renamed"]
+    /// Killed with the tasks frozen: by crsnap (take.frozen: CRIU has not
+    /// seized them yet; take.dumped: CRIU has let go of them) or by CRIU.
+    static let frozenSteps: Set<String> = ["take.frozen", "take.post-dump", "take.fs-snapshot", "take.fs-snapshotted",
+                                           "take.unlinked", "take.dumped"]
 
     /// Recovery by the next command (take) or by `doctor --repair`, alternately.
     func recover(_ c: TestContainer, byRepair: Bool, _ what: String) throws {
@@ -117,6 +120,11 @@ final class CrashSafetyTests: ReliabilityCase {
             let r = try crsnap(["take", c.name], env: ["CRSNAP_FAULT": "kill:\(step)"])
             XCTAssertEqual(r.status, 128 + SIGKILL, "\(step): crsnap was killed: \(r.stderr)")
             XCTAssertEqual(r.stdout, "", "\(step): no id printed")
+            if step == "take.frozen" || step == "take.dumped" {
+                // crsnap's own freeze, with no CRIU attached: left frozen
+                // until the monitor's watchdog (3 s) notices.
+                XCTAssertEqual(c.freezerState, "FROZEN", "\(step): crsnap died with the cgroup frozen")
+            }
             if Self.frozenSteps.contains(step) {
                 // The watchdog: CRIU resumes the tasks when its peer vanishes,
                 // the monitor thaws a cgroup left frozen; no command needed.

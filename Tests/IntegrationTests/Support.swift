@@ -123,19 +123,32 @@ struct TestContainer {
     var workloadLog: String { "\(filesDir)/var/lib/crsnap-workload/log" }
     func snapshotWorkloadLog(_ n: Int) -> String { "\(snapshotFiles(n))/var/lib/crsnap-workload/log" }
 
+    /// The container's freezer cgroup: in the v1 freezer hierarchy, or in
+    /// the cgroup2 one (containers started with CRSNAP_FREEZER=v2).
+    var cgroupDir: String? {
+        for root in cgroupRoots {
+            let dirs = (try? FileManager.default.contentsOfDirectory(atPath: "\(root)/crsnap")) ?? []
+            if let d = dirs.first(where: { $0.hasSuffix(".\(name)") }) { return "\(root)/crsnap/\(d)" }
+        }
+        return nil
+    }
+
+    var cgroupVersion: Int? { cgroupDir.map { FileManager.default.fileExists(atPath: "\($0)/freezer.state") ? 1 : 2 } }
+
     var cgroupProcs: [pid_t] {
-        let dirs = (try? FileManager.default.contentsOfDirectory(atPath: "/sys/fs/cgroup/freezer/crsnap")) ?? []
-        guard let d = dirs.first(where: { $0.hasSuffix(".\(name)") }),
-              let text = try? String(contentsOfFile: "/sys/fs/cgroup/freezer/crsnap/\(d)/cgroup.procs", encoding: .utf8)
-        else { return [] }
+        guard let d = cgroupDir, let text = try? String(contentsOfFile: "\(d)/cgroup.procs", encoding: .utf8) else { return [] }
         return text.split(separator: "\n").compactMap { pid_t($0) }
     }
 
+    /// THAWED, FREEZING or FROZEN, in either cgroup version; "?" without a cgroup.
     var freezerState: String {
-        let dirs = (try? FileManager.default.contentsOfDirectory(atPath: "/sys/fs/cgroup/freezer/crsnap")) ?? []
-        guard let d = dirs.first(where: { $0.hasSuffix(".\(name)") }) else { return "?" }
-        return ((try? String(contentsOfFile: "/sys/fs/cgroup/freezer/crsnap/\(d)/freezer.state", encoding: .utf8)) ?? "?")
-            .trimmingCharacters(in: .whitespacesAndNewlines)
+        guard let d = cgroupDir else { return "?" }
+        func read(_ f: String) -> String {
+            ((try? String(contentsOfFile: "\(d)/\(f)", encoding: .utf8)) ?? "?").trimmingCharacters(in: .whitespacesAndNewlines)
+        }
+        if cgroupVersion == 1 { return read("freezer.state") }
+        if read("cgroup.events").split(separator: "\n").contains("frozen 1") { return "FROZEN" }
+        return read("cgroup.freeze") == "1" ? "FREEZING" : "THAWED"
     }
 
     /// The pids the container's tasks have inside their pid namespace.
@@ -148,6 +161,16 @@ struct TestContainer {
             return nil
         }.sorted()
     }
+}
+
+/// The v1 freezer hierarchy, then every cgroup2 mount.
+var cgroupRoots: [String] {
+    let mounts = (try? String(contentsOfFile: "/proc/self/mounts", encoding: .utf8)) ?? ""
+    let v2 = mounts.split(separator: "\n").compactMap { line -> String? in
+        let f = line.split(separator: " ")
+        return f.count > 2 && f[2] == "cgroup2" ? String(f[1]) : nil
+    }
+    return ["/sys/fs/cgroup/freezer"] + v2
 }
 
 /// The complete lines of a counter log as numbers.
