@@ -20,6 +20,9 @@ public struct RollbackStats: Codable, Equatable {
     public var total_ms = 0.0
     /// The pre-rollback snapshot (a take; 0 when none was taken).
     public var pre_rollback_ms = 0.0
+    /// Writing the store's dirty data back (the pre-rollback snapshot's
+    /// images), while the tasks still run.
+    public var flush_ms = 0.0
     /// Killing the container's tasks until its cgroup was empty: from here
     /// until the restored tasks run, the service does not answer.
     public var kill_ms = 0.0
@@ -192,12 +195,20 @@ public enum Rollback {
         revert.push("end journal") { try Sys.unlink(c.journalPath) }
         revert.push("delete \(next(c))") { if backend.isVolume(next(c)) { try backend.deleteVolume(next(c)) } }
         return try revert.run {
+            // Unmounting the root syncs the store's filesystem (overlay's
+            // sync goes to the upper one): flush it while the tasks still
+            // run, or the pre-rollback snapshot's images are written back
+            // with the service stopped (seen: 1.7-2.6 s at 2 GiB).
+            let f = DispatchTime.now()
+            try Sys.syncfs(c.volume)
+            let flushMs = milliseconds(since: f)
             let t = DispatchTime.now()
             try c.cgroup().killAll()
             let killMs = milliseconds(since: t)
             if faults { try Faults.check("rollback.killed") }
             var restored = try swapAndRestore(c, n, revert: revert, faults: faults)
             restored.stats.kill_ms = killMs
+            restored.stats.flush_ms = flushMs
             return restored
         }
     }

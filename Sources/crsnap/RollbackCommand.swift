@@ -25,7 +25,7 @@ struct RollbackCommand: ParsableCommand {
     var undo = false
     @Flag(help: "Do not take the pre-rollback snapshot (faster; the rollback cannot be undone).")
     var noPreSnapshot = false
-    @Flag(help: "Print JSON: id, pid, pre_rollback, stats (total_ms; pre_rollback_ms, the snapshot of the state replaced; kill_ms, stopping the tasks; fs_ms, the snapshot's files put in place; restore_ms, CRIU's restore; locks_checked, locks_repaired, lock_repair_ms).") var json = false
+    @Flag(help: "Print JSON: id, pid, pre_rollback, stats (total_ms; pre_rollback_ms, the snapshot of the state replaced; flush_ms, writing the store's dirty data back while the tasks still run; kill_ms, stopping the tasks; fs_ms, the snapshot's files put in place; restore_ms, CRIU's restore; locks_checked, locks_repaired, lock_repair_ms).") var json = false
     @Argument(help: ArgumentHelp("Snapshot id NAME@N (with --undo: the container NAME).", valueName: "target"))
     var target: String
 

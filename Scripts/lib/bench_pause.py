@@ -1,0 +1,541 @@
+"""Scripts/lib/bench_pause.py — the driver behind Scripts/bench-pause.
+
+A redis server (Debian's redis-tools; redis-server is redis-check-rdb run
+under that name) runs in a crsnap container; a client process outside it
+holds one connection and sends GET every 2 ms, recording when each request
+went out and when its answer came (across reconnects). The driver fills the
+server to each memory size and, round after round in rotating order, runs
+`crsnap take`, a bare CRIU dump (`crsnap _bench-dump`: CRIU freezes the
+cgroup itself) and `crsnap rollback`, marking each window. Afterwards every
+window is matched with the client's samples: the longest wait of a request
+that was outstanding in it and, for rollback, the time from the command's
+start until the first answer that is the snapshot's.
+
+Run through Scripts/bench-pause (it checks root, memory and disk, builds
+crsnap and picks the store); `python3 bench_pause.py --client PORT FILE` is
+the client.
+"""
+
+import argparse
+import csv
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+
+REDIS = "/usr/bin/redis-check-rdb"
+VALUE = 1 << 20  # bytes per key filled in
+FILES_CHUNK = 64 << 20
+
+
+def now_ns():
+    return time.monotonic_ns()
+
+
+# --- RESP, just enough -------------------------------------------------------
+
+def command(*args):
+    out = [b"*%d\r\n" % len(args)]
+    for a in args:
+        a = a if isinstance(a, bytes) else str(a).encode()
+        out.append(b"$%d\r\n%s\r\n" % (len(a), a))
+    return b"".join(out)
+
+
+class Reply:
+    """Reads one RESP reply at a time from a socket."""
+
+    def __init__(self, sock):
+        self.sock = sock
+        self.buf = b""
+
+    def _line(self):
+        while b"\r\n" not in self.buf:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise ConnectionError("server closed the connection")
+            self.buf += chunk
+        line, _, self.buf = self.buf.partition(b"\r\n")
+        return line
+
+    def read(self):
+        line = self._line()
+        kind, rest = line[:1], line[1:]
+        if kind in (b"+", b":"):
+            return rest
+        if kind == b"-":
+            raise RuntimeError("redis: " + rest.decode(errors="replace"))
+        if kind == b"$":
+            n = int(rest)
+            if n < 0:
+                return None
+            while len(self.buf) < n + 2:
+                chunk = self.sock.recv(max(65536, n + 2 - len(self.buf)))
+                if not chunk:
+                    raise ConnectionError("server closed the connection")
+                self.buf += chunk
+            value, self.buf = self.buf[:n], self.buf[n + 2:]
+            return value
+        raise RuntimeError("unexpected reply %r" % line[:40])
+
+
+def connect(port, timeout=None):
+    s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return s
+
+
+def call(port, *args):
+    with connect(port, timeout=30) as s:
+        s.sendall(command(*args))
+        return Reply(s).read()
+
+
+# --- the client --------------------------------------------------------------
+
+def client(port, path, period_ns=2_000_000):
+    """One connection, GET epoch every period (right after a late answer).
+    Each line: sent_ns, answered_ns, reconnects, value. A lost connection is
+    made again (every millisecond until the server listens) and the request
+    sent again; its wait counts from the first send."""
+    stop = False
+
+    def on_term(*_):
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGTERM, on_term)
+    out = open(path, "w", buffering=1 << 20)
+    out.write("sent_ns,answered_ns,reconnects,value\n")
+    sock = None
+    reader = None
+    request = command("GET", "epoch")
+    next_send = now_ns()
+    while not stop:
+        t = now_ns()
+        if t < next_send:
+            time.sleep((next_send - t) / 1e9)
+        sent = now_ns()
+        next_send = sent + period_ns
+        reconnects = 0
+        while not stop:
+            try:
+                if sock is None:
+                    sock = connect(port, timeout=10)
+                    reader = Reply(sock)
+                sock.sendall(request)
+                value = reader.read()
+                break
+            except (OSError, ConnectionError):
+                if sock is not None:
+                    sock.close()
+                sock = None
+                reconnects += 1
+                time.sleep(0.001)
+        else:
+            break
+        out.write("%d,%d,%d,%s\n" % (sent, now_ns(), reconnects, (value or b"").decode(errors="replace")))
+    out.close()
+
+
+# --- the driver --------------------------------------------------------------
+
+class Bench:
+    def __init__(self, a):
+        self.a = a
+        self.bin = a.bin
+        self.env = dict(os.environ, CRSNAP_STORE=a.store)
+        self.name = "bench-pause-%d" % os.getpid()
+        self.plain = self.name + "-nofiles"
+        self.port = free_port()
+        self.port_plain = free_port()
+        self.clients = {}  # container -> (client process, its samples file)
+        self.started = []
+        self.filled = {}
+
+    def crsnap(self, *args, check=True):
+        r = subprocess.run([self.bin, *args], env=self.env, capture_output=True, text=True)
+        if check and r.returncode != 0:
+            raise SystemExit("bench-pause: crsnap %s failed (%d): %s" % (" ".join(args), r.returncode, r.stderr.strip()))
+        return r
+
+    def crsnap_measured(self, *args):
+        """Runs crsnap, sampling its peak RSS (VmHWM) until it exits."""
+        p = subprocess.Popen([self.bin, *args], env=self.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        peak = [0]
+
+        def sample():
+            while p.poll() is None:
+                try:
+                    with open("/proc/%d/status" % p.pid) as f:
+                        for line in f:
+                            if line.startswith("VmHWM:"):
+                                peak[0] = max(peak[0], int(line.split()[1]))
+                except OSError:
+                    pass
+                time.sleep(0.002)
+
+        t = threading.Thread(target=sample)
+        t.start()
+        out, err = p.communicate()
+        t.join()
+        if p.returncode != 0:
+            raise SystemExit("bench-pause: crsnap %s failed (%d): %s" % (" ".join(args), p.returncode, err.strip()))
+        return out, peak[0]
+
+    def start(self, name, port):
+        argv = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                "--protected-mode", "no", "--maxmemory", "0", "--daemonize", "no"]
+        # redis-server is redis-check-rdb under another name (Debian): exec it so.
+        launcher = "import os, sys; os.execv(sys.argv[1], sys.argv[2:])"
+        self.crsnap("run", name, "--", "/usr/bin/python3", "-c", launcher, REDIS, *argv)
+        self.started.append(name)
+        deadline = time.time() + 30
+        while True:
+            try:
+                if call(port, "PING") == b"PONG":
+                    return
+            except OSError:
+                pass
+            if time.time() > deadline:
+                raise SystemExit("bench-pause: redis in %s did not answer within 30 s:\n%s"
+                                 % (name, self.crsnap("logs", name, check=False).stdout[-2000:]))
+            time.sleep(0.1)
+
+    def fill(self, port, mib):
+        """Adds 1 MiB values until the server holds `mib` MiB of them."""
+        have = self.filled.get(port, 0)
+        block = bytearray(os.urandom(VALUE))
+        with connect(port, timeout=60) as s:
+            r = Reply(s)
+            pending = 0
+            for i in range(have, mib):
+                block[:8] = i.to_bytes(8, "little")
+                s.sendall(command("SET", "fill:%d" % i, bytes(block)))
+                pending += 1
+                if pending == 16:
+                    for _ in range(pending):
+                        r.read()
+                    pending = 0
+            for _ in range(pending):
+                r.read()
+        self.filled[port] = mib
+
+    def write_files(self, name, mib):
+        root = "%s/containers/%s/root/var/lib/bench-pause" % (self.a.store, name)
+        os.makedirs(root, exist_ok=True)
+        block = os.urandom(FILES_CHUNK)
+        for i in range(mib * (1 << 20) // FILES_CHUNK):
+            with open("%s/data-%03d" % (root, i), "wb") as f:
+                f.write(block)
+        os.sync()
+
+    def rss_kib(self, name):
+        with open("%s/containers/%s/state.json" % (self.a.store, name)) as f:
+            pid = json.load(f)["monitorPid"]
+        with open("/proc/%d/status" % pid) as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+        return 0
+
+    # One measured operation each; returns the row (without client figures).
+    def op_take(self, size, rnd, name, files):
+        t0 = now_ns()
+        out, peak = self.crsnap_measured("take", "--json", name)
+        t1 = now_ns()
+        d = json.loads(out)
+        self.crsnap("delete", d["id"])
+        s = d["stats"]
+        return dict(kind="take" if files else "take-nofiles", start_ns=t0, end_ns=t1, pause_ms=s.get("pause_ms"),
+                    fs_snapshot_ms=s.get("fs_snapshot_ms"), checksum_ms=s.get("checksum_ms"),
+                    freezing_ms=s.get("freezing_ms"), frozen_ms=s["frozen_ms"], memdump_ms=d["criu"]["memdump_ms"],
+                    peak_rss_kib=peak, files_mib=self.a.files_mib if files else 0)
+
+    def op_bare(self, size, rnd, name, files):
+        scratch = "%s/bench-pause-scratch-%d" % (self.a.store_root, os.getpid())
+        t0 = now_ns()
+        out, peak = self.crsnap_measured("_bench-dump", "--scratch", scratch, name)
+        t1 = now_ns()
+        d = json.loads(out)
+        return dict(kind="bare", start_ns=t0, end_ns=t1, freezing_ms=d["freezing_ms"], frozen_ms=d["frozen_ms"],
+                    memdump_ms=d["memdump_ms"], peak_rss_kib=peak, files_mib=self.a.files_mib)
+
+    def op_rollback(self, size, rnd, name, files):
+        base = self.base[name]
+        t0 = now_ns()
+        out, peak = self.crsnap_measured("rollback", "--json", base)
+        t1 = now_ns()
+        d = json.loads(out)
+        if d.get("pre_rollback"):
+            self.crsnap("delete", d["pre_rollback"])
+        # The live value again, so that the next rollback changes it back.
+        call(self.port, "SET", "epoch", "live-%d-%d" % (size, rnd))
+        s = d["stats"]
+        return dict(kind="rollback", start_ns=t0, end_ns=t1, total_ms=s.get("total_ms"), kill_ms=s.get("kill_ms"),
+                    flush_ms=s.get("flush_ms"), fs_ms=s.get("fs_ms"),
+                    restore_ms=s.get("restore_ms"), pre_rollback_ms=s.get("pre_rollback_ms"), peak_rss_kib=peak,
+                    monitor_rss_kib=self.rss_kib(name), files_mib=self.a.files_mib, expect="base-%d" % size)
+
+    def run(self):
+        a = self.a
+        self.start(self.name, self.port)
+        self.start(self.plain, self.port_plain)
+        if a.files_mib:
+            print("bench-pause: writing %d MiB of files into %s" % (a.files_mib, self.name), file=sys.stderr)
+            self.write_files(self.name, a.files_mib)
+        for name, port, tag in ((self.name, self.port, "files"), (self.plain, self.port_plain, "nofiles")):
+            path = os.path.join(a.outdir, "bench-pause-client-%s.csv" % tag)
+            self.clients[name] = (subprocess.Popen([sys.executable, __file__, "--client", str(port), path]), path)
+        time.sleep(0.5)
+        rows = []
+        self.base = {}
+        for size in a.sizes:
+            print("bench-pause: %d MiB: filling" % size, file=sys.stderr)
+            self.fill(self.port, size)
+            ops = [("take", self.op_take, self.name, True), ("bare", self.op_bare, self.name, True),
+                   ("rollback", self.op_rollback, self.name, True)]
+            if size == a.sizes[0]:
+                self.fill(self.port_plain, size)
+                ops.append(("take-nofiles", self.op_take, self.plain, False))
+            # The snapshot every rollback of this size goes back to.
+            call(self.port, "SET", "epoch", "base-%d" % size)
+            old = self.base.get(self.name)
+            self.base[self.name] = self.crsnap("take", self.name).stdout.strip()
+            if old:
+                self.crsnap("delete", old)
+            call(self.port, "SET", "epoch", "live-%d" % size)
+            # One warm-up of each, not recorded; then rounds in rotating order.
+            for _, op, name, files in ops:
+                op(size, 0, name, files)
+            for rnd in range(1, a.rounds + 1):
+                k = rnd % len(ops)
+                for kind, op, name, files in ops[k:] + ops[:k]:
+                    row = op(size, rnd, name, files)
+                    row.update(size_mib=size, round=rnd, container=name)
+                    rows.append(row)
+                    time.sleep(0.3)
+                print("bench-pause: %d MiB: round %d of %d" % (size, rnd, a.rounds), file=sys.stderr)
+        time.sleep(0.5)
+        paths = {}
+        for name, (proc, path) in self.clients.items():
+            proc.send_signal(signal.SIGTERM)
+            proc.wait()
+            paths[name] = path
+        self.clients = {}
+        return rows, paths
+
+    def cleanup(self):
+        for proc, _ in self.clients.values():
+            proc.kill()
+            proc.wait()
+        for n in self.started:
+            r = self.crsnap("rm", "--force", n, check=False)
+            if r.returncode != 0:
+                print("bench-pause: warning: could not remove %s: %s" % (n, r.stderr.strip()), file=sys.stderr)
+        scratch = "%s/bench-pause-scratch-%d" % (self.a.store_root, os.getpid())
+        if os.path.isdir(scratch):
+            subprocess.run(["rm", "-rf", "--one-file-system", "--", scratch])
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def load_samples(path):
+    out = []
+    with open(path) as f:
+        for r in csv.DictReader(f):
+            out.append((int(r["sent_ns"]), int(r["answered_ns"]), int(r["reconnects"]), r["value"]))
+    return out
+
+
+def client_figures(row, samples):
+    """The longest wait of a request outstanding during the window, the
+    requests in it, and (rollback) the time from the start until the first
+    answer with the snapshot's value."""
+    t0, t1 = row["start_ns"], row["end_ns"]
+    waits = [(a - s) / 1e6 for s, a, _, _ in samples if a >= t0 and s <= t1]
+    row["longest_wait_ms"] = max(waits) if waits else None
+    row["requests"] = len(waits)
+    if row.get("expect"):
+        first = next((a for s, a, _, v in samples if a >= t0 and v == row["expect"]), None)
+        row["correct_after_ms"] = (first - t0) / 1e6 if first else None
+        # The longest wait can end after the command returned (the restored
+        # server answers later): follow the samples to the first correct one.
+        if first:
+            waits = [(a - s) / 1e6 for s, a, _, _ in samples if a >= t0 and s <= first]
+            row["longest_wait_ms"] = max(waits)
+
+
+def med(xs):
+    xs = [x for x in xs if x is not None]
+    return statistics.median(xs) if xs else None
+
+
+def fmt(x, f="%.1f"):
+    return "-" if x is None else f % x
+
+
+def report(rows, a):
+    kinds = ["take", "bare", "rollback", "take-nofiles"]
+    print()
+    print("client's longest wait (ms) per operation: median [min-max] of %d rounds; redis in a container, GET every 2 ms"
+          % a.rounds)
+    print("%-9s %-22s %-22s %-22s %-22s" % ("MiB", "crsnap take", "bare CRIU dump", "crsnap rollback", "take, no files"))
+    for size in a.sizes:
+        cells = []
+        for k in kinds:
+            w = [r["longest_wait_ms"] for r in rows if r["size_mib"] == size and r["kind"] == k and r["longest_wait_ms"]]
+            cells.append("%s [%s-%s]" % (fmt(med(w)), fmt(min(w)), fmt(max(w))) if w else "-")
+        print("%-9d %-22s %-22s %-22s %-22s" % (size, *cells))
+    print()
+    print("%-9s %9s %9s %10s %10s %10s %12s %12s %10s" % ("MiB", "pause", "freezing", "frozen", "bare frz", "take/bare",
+                                                          "wait/frozen", "rb correct", "rb total"))
+    goals = []
+    for size in a.sizes:
+        sel = lambda k: [r for r in rows if r["size_mib"] == size and r["kind"] == k]
+        take, bare, rb = sel("take"), sel("bare"), sel("rollback")
+        wt, wb = med([r["longest_wait_ms"] for r in take]), med([r["longest_wait_ms"] for r in bare])
+        ratio = wt / wb if wt and wb else None
+        per_take = med([r["longest_wait_ms"] / r["frozen_ms"] for r in take if r["longest_wait_ms"] and r["frozen_ms"]])
+        print("%-9d %9s %9s %10s %10s %10s %12s %12s %10s" % (
+            size, fmt(med([r["pause_ms"] for r in take])), fmt(med([r["freezing_ms"] for r in take]), "%.2f"),
+            fmt(med([r["frozen_ms"] for r in take])), fmt(med([r["freezing_ms"] for r in bare])), fmt(ratio, "%.2fx"),
+            fmt(per_take, "%.2fx"), fmt(med([r.get("correct_after_ms") for r in rb])),
+            fmt(med([r.get("total_ms") for r in rb]))))
+        if size == a.sizes[0]:
+            goals.append(("take's wait <= 0.75x bare CRIU's at %d MiB" % size, ratio, ratio is not None and ratio <= 0.75))
+        goals.append(("take's wait <= 1.10x CRIU's frozen_ms (%d MiB, median per take)" % size, per_take,
+                      per_take is not None and per_take <= 1.10))
+    freezing = [r["freezing_ms"] for r in rows if r["kind"] in ("take", "take-nofiles") and r["freezing_ms"] is not None]
+    goals.append(("freezing_ms <= 5 ms in every take (max)", max(freezing) if freezing else None,
+                  bool(freezing) and max(freezing) <= 5))
+    s0 = a.sizes[0]
+    wf = med([r["longest_wait_ms"] for r in rows if r["size_mib"] == s0 and r["kind"] == "take"])
+    wn = med([r["longest_wait_ms"] for r in rows if r["size_mib"] == s0 and r["kind"] == "take-nofiles"])
+    flat = wf / wn if wf and wn else None
+    goals.append(("take's wait with %d MiB of files <= 1.05x without (%d MiB)" % (a.files_mib, s0), flat,
+                  flat is not None and flat <= 1.05))
+    rss = max([r["peak_rss_kib"] for r in rows if r["kind"] in ("take", "rollback")] or [0]) / 1024
+    mon = max([r.get("monitor_rss_kib") or 0 for r in rows]) / 1024
+    goals.append(("crsnap's peak RSS <= 50 MiB (take, rollback; the monitor)", max(rss, mon), max(rss, mon) <= 50))
+    print()
+    print("rollback, medians (ms): the client's outage (longest wait) beside its parts")
+    print("%-9s %9s %9s %9s %9s %9s %9s %9s" % ("MiB", "outage", "pre-rb", "flush", "kill", "fs", "restore", "total"))
+    for size in a.sizes:
+        rb = [r for r in rows if r["size_mib"] == size and r["kind"] == "rollback"]
+        print("%-9d %9s %9s %9s %9s %9s %9s %9s" % (size, *(fmt(med([r.get(k) for r in rb])) for k in (
+            "longest_wait_ms", "pre_rollback_ms", "flush_ms", "kill_ms", "fs_ms", "restore_ms", "total_ms"))))
+    print()
+    print("peak RSS: crsnap take/rollback %.1f MiB, the container's monitor %.1f MiB" % (rss, mon))
+    print()
+    for what, value, ok in goals:
+        v = "-" if value is None else ("%.2f" % value)
+        print("%-64s %8s  %s" % (what, v, "met" if ok else "NOT MET"))
+
+
+def chart(rows, a, path):
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        from matplotlib.ticker import NullFormatter, ScalarFormatter
+    except ImportError:
+        print("bench-pause: no chart: python3-matplotlib is missing (Scripts/testenv installs it)", file=sys.stderr)
+        return
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
+    styles = [("take", "crsnap take", "o-"), ("bare", "bare CRIU dump", "s--"), ("rollback", "crsnap rollback", "^-")]
+    for kind, label, style in styles:
+        xs, ys, lo, hi = [], [], [], []
+        for size in a.sizes:
+            w = [r["longest_wait_ms"] for r in rows if r["size_mib"] == size and r["kind"] == kind and r["longest_wait_ms"]]
+            if w:
+                m = statistics.median(w)
+                xs.append(size), ys.append(m), lo.append(m - min(w)), hi.append(max(w) - m)
+        ax1.errorbar(xs, ys, yerr=[lo, hi], fmt=style, capsize=3, label=label)
+    ax1.set_xscale("log", base=2)
+    ax1.set_yscale("log")
+    ax1.yaxis.set_major_formatter(ScalarFormatter())
+    ax1.yaxis.set_minor_formatter(NullFormatter())
+    ax1.set_xticks(a.sizes, [str(s) for s in a.sizes])
+    ax1.set_xlabel("memory of the server (MiB)")
+    ax1.set_ylabel("client's longest wait (ms)")
+    ax1.set_title("pause a client sees (median, min-max)")
+    ax1.grid(True, which="both", alpha=0.3)
+    ax1.legend()
+    parts = [("pause_ms", "crsnap's pause"), ("frozen_ms", "CRIU frozen"), ("freezing_ms", "crsnap freezing")]
+    for key, label in parts:
+        ys = [med([r.get(key) for r in rows if r["size_mib"] == s and r["kind"] == "take"]) for s in a.sizes]
+        ax2.plot(a.sizes, ys, "o-", label=label)
+    ys = [med([r.get("freezing_ms") for r in rows if r["size_mib"] == s and r["kind"] == "bare"]) for s in a.sizes]
+    ax2.plot(a.sizes, ys, "s--", label="CRIU freezing (bare dump)")
+    ax2.set_xscale("log", base=2)
+    ax2.set_yscale("log")
+    ax2.yaxis.set_major_formatter(ScalarFormatter())
+    ax2.yaxis.set_minor_formatter(NullFormatter())
+    ax2.set_xticks(a.sizes, [str(s) for s in a.sizes])
+    ax2.set_xlabel("memory of the server (MiB)")
+    ax2.set_ylabel("ms (median)")
+    ax2.set_title("where a take's pause goes")
+    ax2.grid(True, which="both", alpha=0.3)
+    ax2.legend()
+    fig.suptitle("crsnap take vs a bare CRIU dump vs rollback; redis + %d MiB of files, %d rounds" % (a.files_mib, a.rounds))
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    print("bench-pause: chart: %s" % path, file=sys.stderr)
+
+
+def main():
+    if len(sys.argv) >= 2 and sys.argv[1] == "--client":
+        client(int(sys.argv[2]), sys.argv[3])
+        return
+    p = argparse.ArgumentParser()
+    p.add_argument("--bin", required=True)
+    p.add_argument("--store", required=True)
+    p.add_argument("--store-root", dest="store_root", required=True)
+    p.add_argument("--rounds", type=int, required=True)
+    p.add_argument("--sizes", required=True)
+    p.add_argument("--files-mib", dest="files_mib", type=int, required=True)
+    p.add_argument("--outdir", required=True)
+    p.add_argument("--csv", required=True)
+    p.add_argument("--png", required=True)
+    a = p.parse_args()
+    a.sizes = [int(s) for s in a.sizes.split(",")]
+    b = Bench(a)
+
+    def on_signal(signum, _):
+        raise SystemExit("bench-pause: stopped by signal %d" % signum)
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        rows, paths = b.run()
+    finally:
+        b.cleanup()
+    samples = {name: load_samples(path) for name, path in paths.items()}
+    for r in rows:
+        client_figures(r, samples[r["container"]])
+    fields = ["size_mib", "files_mib", "kind", "round", "start_ns", "end_ns", "requests", "longest_wait_ms",
+              "correct_after_ms", "pause_ms", "freezing_ms", "frozen_ms", "memdump_ms", "fs_snapshot_ms", "checksum_ms",
+              "total_ms", "pre_rollback_ms", "flush_ms", "kill_ms", "fs_ms", "restore_ms", "peak_rss_kib", "monitor_rss_kib"]
+    with open(a.csv, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
+        w.writeheader()
+        for r in rows:
+            w.writerow(r)
+    print("bench-pause: samples: %s (per operation), %s (every request)" % (a.csv, " ".join(paths.values())),
+          file=sys.stderr)
+    report(rows, a)
+    chart(rows, a, a.png)
+
+
+if __name__ == "__main__":
+    main()
