@@ -154,6 +154,7 @@ class Bench:
         self.plain = self.name + "-nofiles"
         self.port = free_port()
         self.port_plain = free_port()
+        self.ports = {self.name: self.port, self.plain: self.port_plain}
         self.clients = {}  # container -> (client process, its samples file)
         self.started = []
         self.filled = {}
@@ -245,14 +246,15 @@ class Bench:
         return 0
 
     # One measured operation each; returns the row (without client figures).
-    def op_take(self, size, rnd, name, files):
+    def op_take(self, size, rnd, name, files, stage="auto"):
         t0 = now_ns()
-        out, peak = self.crsnap_measured("take", "--json", name)
+        out, peak = self.crsnap_measured("take", "--json", "--stage", stage, name)
         t1 = now_ns()
         d = json.loads(out)
         self.crsnap("delete", d["id"])
         s = d["stats"]
-        return dict(kind="take" if files else "take-nofiles", start_ns=t0, end_ns=t1, pause_ms=s.get("pause_ms"),
+        kind = "take-store" if stage == "store" else "take" if files else "take-nofiles"
+        return dict(kind=kind, start_ns=t0, end_ns=t1, pause_ms=s.get("pause_ms"), staging_copy_ms=s.get("staging_copy_ms"),
                     fs_snapshot_ms=s.get("fs_snapshot_ms"), checksum_ms=s.get("checksum_ms"),
                     freezing_ms=s.get("freezing_ms"), frozen_ms=s["frozen_ms"], memdump_ms=d["criu"]["memdump_ms"],
                     peak_rss_kib=peak, files_mib=self.a.files_mib if files else 0)
@@ -275,15 +277,18 @@ class Bench:
         if d.get("pre_rollback"):
             self.crsnap("delete", d["pre_rollback"])
         # The live value again, so that the next rollback changes it back.
-        call(self.port, "SET", "epoch", "live-%d-%d" % (size, rnd))
+        call(self.ports[name], "SET", "epoch", "live-%d-%d" % (size, rnd))
         s = d["stats"]
-        return dict(kind="rollback", start_ns=t0, end_ns=t1, total_ms=s.get("total_ms"), kill_ms=s.get("kill_ms"),
+        return dict(kind="rollback" if files else "rollback-nofiles", start_ns=t0, end_ns=t1, total_ms=s.get("total_ms"), kill_ms=s.get("kill_ms"),
                     flush_ms=s.get("flush_ms"), fs_ms=s.get("fs_ms"),
                     restore_ms=s.get("restore_ms"), pre_rollback_ms=s.get("pre_rollback_ms"), peak_rss_kib=peak,
                     monitor_rss_kib=self.rss_kib(name), files_mib=self.a.files_mib, expect="base-%d" % size)
 
     def run(self):
         a = self.a
+        self.bandwidth = memcpy_bandwidth()
+        print("bench-pause: memory copy bandwidth %.2f GB/s (median of 5 copies of 256 MiB)" % self.bandwidth,
+              file=sys.stderr)
         self.start(self.name, self.port)
         self.start(self.plain, self.port_plain)
         if a.files_mib:
@@ -298,18 +303,25 @@ class Bench:
         for size in a.sizes:
             print("bench-pause: %d MiB: filling" % size, file=sys.stderr)
             self.fill(self.port, size)
+            take_store = lambda size, rnd, name, files: self.op_take(size, rnd, name, files, stage="store")
             ops = [("take", self.op_take, self.name, True), ("bare", self.op_bare, self.name, True),
-                   ("rollback", self.op_rollback, self.name, True)]
+                   ("rollback", self.op_rollback, self.name, True), ("take-store", take_store, self.name, True)]
+            names = [self.name]
             if size == a.sizes[0]:
+                # The same server without files, with the same history (it is
+                # rolled back too): what files add to a take's pause.
                 self.fill(self.port_plain, size)
-                ops.append(("take-nofiles", self.op_take, self.plain, False))
+                ops += [("take-nofiles", self.op_take, self.plain, False),
+                        ("rollback-nofiles", self.op_rollback, self.plain, False)]
+                names.append(self.plain)
             # The snapshot every rollback of this size goes back to.
-            call(self.port, "SET", "epoch", "base-%d" % size)
-            old = self.base.get(self.name)
-            self.base[self.name] = self.crsnap("take", self.name).stdout.strip()
-            if old:
-                self.crsnap("delete", old)
-            call(self.port, "SET", "epoch", "live-%d" % size)
+            for name in names:
+                call(self.ports[name], "SET", "epoch", "base-%d" % size)
+                old = self.base.get(name)
+                self.base[name] = self.crsnap("take", name).stdout.strip()
+                if old:
+                    self.crsnap("delete", old)
+                call(self.ports[name], "SET", "epoch", "live-%d" % size)
             # One warm-up of each, not recorded; then rounds in rotating order.
             for _, op, name, files in ops:
                 op(size, 0, name, files)
@@ -341,6 +353,18 @@ class Bench:
         scratch = "%s/bench-pause-scratch-%d" % (self.a.store_root, os.getpid())
         if os.path.isdir(scratch):
             subprocess.run(["rm", "-rf", "--one-file-system", "--", scratch])
+
+
+def memcpy_bandwidth(mib=256, times=5):
+    """GB/s of a plain memory copy (memcpy through memoryview), median of `times`."""
+    src = bytearray(os.urandom(1 << 20)) * mib
+    dst = bytearray(len(src))
+    took = []
+    for _ in range(times):
+        t = time.perf_counter()
+        memoryview(dst)[:] = memoryview(src)
+        took.append(time.perf_counter() - t)
+    return len(src) / statistics.median(took) / 1e9
 
 
 def free_port():
@@ -385,17 +409,18 @@ def fmt(x, f="%.1f"):
 
 
 def report(rows, a):
-    kinds = ["take", "bare", "rollback", "take-nofiles"]
+    kinds = ["take", "take-store", "bare", "rollback", "take-nofiles"]
     print()
     print("client's longest wait (ms) per operation: median [min-max] of %d rounds; redis in a container, GET every 2 ms"
           % a.rounds)
-    print("%-9s %-22s %-22s %-22s %-22s" % ("MiB", "crsnap take", "bare CRIU dump", "crsnap rollback", "take, no files"))
+    print("%-7s %-22s %-22s %-22s %-22s %-22s" % ("MiB", "crsnap take", "take --stage store", "bare CRIU dump",
+                                                  "crsnap rollback", "take, no files"))
     for size in a.sizes:
         cells = []
         for k in kinds:
             w = [r["longest_wait_ms"] for r in rows if r["size_mib"] == size and r["kind"] == k and r["longest_wait_ms"]]
             cells.append("%s [%s-%s]" % (fmt(med(w)), fmt(min(w)), fmt(max(w))) if w else "-")
-        print("%-9d %-22s %-22s %-22s %-22s" % (size, *cells))
+        print("%-7d %-22s %-22s %-22s %-22s %-22s" % (size, *cells))
     print()
     print("%-9s %9s %9s %10s %10s %10s %12s %12s %10s" % ("MiB", "pause", "freezing", "frozen", "bare frz", "take/bare",
                                                           "wait/frozen", "rb correct", "rb total"))
@@ -424,9 +449,27 @@ def report(rows, a):
     flat = wf / wn if wf and wn else None
     goals.append(("take's wait with %d MiB of files <= 1.05x without (%d MiB)" % (a.files_mib, s0), flat,
                   flat is not None and flat <= 1.05))
+    for key in ("fs_snapshot_ms", "memdump_ms"):
+        f = med([r.get(key) for r in rows if r["size_mib"] == s0 and r["kind"] == "take"])
+        n = med([r.get(key) for r in rows if r["size_mib"] == s0 and r["kind"] == "take-nofiles"])
+        print("%d MiB, median %s: with %d MiB of files %s, without %s" % (s0, key, a.files_mib, fmt(f, "%.2f"),
+                                                                          fmt(n, "%.2f")))
     rss = max([r["peak_rss_kib"] for r in rows if r["kind"] in ("take", "rollback")] or [0]) / 1024
     mon = max([r.get("monitor_rss_kib") or 0 for r in rows]) / 1024
     goals.append(("crsnap's peak RSS <= 50 MiB (take, rollback; the monitor)", max(rss, mon), max(rss, mon) <= 50))
+    print()
+    print("where the frozen time goes, medians (ms): CRIU's memdump with the images staged in memory (take) and written to")
+    print("the store (take --stage store), and what copying the server's memory once costs at %.2f GB/s (memcpy, this run)"
+          % a.bandwidth)
+    print("%-9s %11s %11s %11s %11s %11s %11s" % ("MiB", "memdump mem", "memdump sto", "pause mem", "pause sto",
+                                                   "mem/store", "memcpy floor"))
+    for size in a.sizes:
+        tm = [r for r in rows if r["size_mib"] == size and r["kind"] == "take"]
+        ts = [r for r in rows if r["size_mib"] == size and r["kind"] == "take-store"]
+        pm, ps = med([r["pause_ms"] for r in tm]), med([r["pause_ms"] for r in ts])
+        print("%-9d %11s %11s %11s %11s %11s %11s" % (
+            size, fmt(med([r["memdump_ms"] for r in tm])), fmt(med([r["memdump_ms"] for r in ts])), fmt(pm), fmt(ps),
+            fmt(pm / ps if pm and ps else None, "%.2fx"), fmt(size * (1 << 20) / a.bandwidth / 1e6)))
     print()
     print("rollback, medians (ms): the client's outage (longest wait) beside its parts")
     print("%-9s %9s %9s %9s %9s %9s %9s %9s" % ("MiB", "outage", "pre-rb", "flush", "kill", "fs", "restore", "total"))
@@ -452,7 +495,8 @@ def chart(rows, a, path):
         print("bench-pause: no chart: python3-matplotlib is missing (Scripts/testenv installs it)", file=sys.stderr)
         return
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
-    styles = [("take", "crsnap take", "o-"), ("bare", "bare CRIU dump", "s--"), ("rollback", "crsnap rollback", "^-")]
+    styles = [("take", "crsnap take", "o-"), ("take-store", "crsnap take --stage store", "o:"),
+              ("bare", "bare CRIU dump", "s--"), ("rollback", "crsnap rollback", "^-")]
     for kind, label, style in styles:
         xs, ys, lo, hi = [], [], [], []
         for size in a.sizes:
@@ -510,6 +554,7 @@ def main():
     a = p.parse_args()
     a.sizes = [int(s) for s in a.sizes.split(",")]
     b = Bench(a)
+    a.bandwidth = 0
 
     def on_signal(signum, _):
         raise SystemExit("bench-pause: stopped by signal %d" % signum)
@@ -518,13 +563,15 @@ def main():
     signal.signal(signal.SIGINT, on_signal)
     try:
         rows, paths = b.run()
+        a.bandwidth = b.bandwidth
     finally:
         b.cleanup()
     samples = {name: load_samples(path) for name, path in paths.items()}
     for r in rows:
         client_figures(r, samples[r["container"]])
     fields = ["size_mib", "files_mib", "kind", "round", "start_ns", "end_ns", "requests", "longest_wait_ms",
-              "correct_after_ms", "pause_ms", "freezing_ms", "frozen_ms", "memdump_ms", "fs_snapshot_ms", "checksum_ms",
+              "correct_after_ms", "pause_ms", "freezing_ms", "frozen_ms", "memdump_ms", "fs_snapshot_ms", "staging_copy_ms",
+              "checksum_ms",
               "total_ms", "pre_rollback_ms", "flush_ms", "kill_ms", "fs_ms", "restore_ms", "peak_rss_kib", "monitor_rss_kib"]
     with open(a.csv, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")

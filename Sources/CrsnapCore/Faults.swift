@@ -28,7 +28,8 @@ import Glibc
 ///   before the unlinked open files are captured), take.unlinked-scratch
 ///   (frozen, overlay root: a scratch file for the clone is on the overlay),
 ///   take.dumped (CRIU returned; the cgroup is still frozen),
-///   take.thawed (thawed, before checksums),
+///   take.thawed (thawed, before checksums), take.staged (images staged in
+///   memory, not yet copied into the store),
 ///   take.manifest (before it is written), take.renamed (snapshot in place,
 ///   journal not ended);
 ///   rollback.verified, rollback.killed (tree killed, volumes untouched),

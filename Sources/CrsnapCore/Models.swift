@@ -85,6 +85,9 @@ public struct Manifest: Codable, Equatable {
         /// still, what a client of the service waits at most. Absent in
         /// snapshots taken before crsnap froze containers itself.
         public var pause_ms: Double? = nil
+        /// Copying the images from the memory they were staged in into the
+        /// store, after the thaw; absent when CRIU wrote them to the store.
+        public var staging_copy_ms: Double? = nil
     }
 
     /// An open file whose last name was gone at the frozen instant (unlinked

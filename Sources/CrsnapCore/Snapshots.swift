@@ -31,6 +31,8 @@ public enum Snapshots {
 
     /// Deletes a snapshot (or staging) directory with its subvolumes.
     static func removeSnapshotDir(_ backend: SnapshotBackend, _ dir: String) throws {
+        // A take's images staged in memory: the tmpfs goes first.
+        try ImageStaging.unmountIfMounted("\(dir)/images")
         if backend.isVolume("\(dir)/fs") { try backend.deleteVolume("\(dir)/fs") }
         let volumes = "\(dir)/volumes"
         for v in (try? FileManager.default.contentsOfDirectory(atPath: volumes)) ?? [] where backend.isVolume("\(volumes)/\(v)") {

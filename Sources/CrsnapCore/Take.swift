@@ -39,12 +39,19 @@ public protocol TakeSteps: AnyObject {
     func captureUnlinked(into dir: String) throws -> Unlinked.Captured
     /// What the dump found that is not part of the instant (after the dump).
     func warnings() -> [String]
+    /// Make the empty images directory a tmpfs if the images are to be
+    /// staged in memory; nil when they go to the store directly.
+    func stageImages(at dir: String) throws -> ImageStaging.Plan?
+    /// Copy staged images into the store in place of the tmpfs (tasks running).
+    func unstageImages(_ dir: String) throws
 }
 
 extension TakeSteps {
     public func captureUnlinked(into dir: String) throws -> Unlinked.Captured { Unlinked.Captured() }
     public func warnings() -> [String] { [] }
     public func freeze() throws {}
+    public func stageImages(at dir: String) throws -> ImageStaging.Plan? { nil }
+    public func unstageImages(_ dir: String) throws {}
 }
 
 public struct TakeResult: Codable {
@@ -75,6 +82,8 @@ public struct TakeOptions {
     /// nothing added).
     public var freezeTimeout = TakeOptions.defaultFreezeTimeout
     public static let defaultFreezeTimeout = 5.0
+    /// Where CRIU writes the images during the freeze (see `ImageStaging`).
+    public var stage = ImageStaging.Mode.auto
 
     public init(tag: String? = nil, role: SnapshotRole = .single, pair: Int? = nil, stop: Bool = false,
                 freezeTimeout: Double = TakeOptions.defaultFreezeTimeout) {
@@ -121,6 +130,8 @@ public enum Take {
         let steps = RealTakeSteps(container: c, criu: criu, initPid: initPid, cgroup: cg)
         steps.leaveRunning = !o.stop
         steps.freezeTimeout = o.freezeTimeout
+        steps.stage = o.stage
+        steps.tmpfs = config.tmpfs ?? []
         steps.volumes = config.volumes ?? []
         steps.kind = config.kind
         let nsPid = Proc.nsPids(initPid).last ?? 0
@@ -179,6 +190,10 @@ public enum Take {
                 try Sys.removeTree(staging)
             }
             try Sys.mkdir(images, mode: 0o700)
+            let staged = try steps.stageImages(at: images)
+            if staged != nil {
+                revert.push("unmount \(images)") { try ImageStaging.unmountIfMounted(images) }
+            }
             // Pushed last so that it runs first: never leave the tasks frozen
             // while cleaning up.
             revert.push("thaw \(c.name)") { try steps.ensureThawed() }
@@ -216,6 +231,14 @@ public enum Take {
             try steps.ensureThawed()
             let pauseMs = freezeAsked.map { Double(DispatchTime.now().uptimeNanoseconds - $0) / 1e6 }
             try Faults.check("take.thawed")
+            var stagingMs: Double?
+            if staged != nil {
+                // The tasks run again: now the images go to the store.
+                try Faults.check("take.staged")
+                let s0 = DispatchTime.now()
+                try steps.unstageImages(images)
+                stagingMs = Double(DispatchTime.now().uptimeNanoseconds - s0.uptimeNanoseconds) / 1e6
+            }
             guard snapshotted, steps.isVolume(fsSnap) else {
                 throw CrsnapError(.failed, "take \(c.name): CRIU finished without the post-dump notification; no filesystem snapshot was taken")
             }
@@ -231,6 +254,7 @@ public enum Take {
                                        images_bytes: Sys.treeSize(images), checksum_ms: hashMs)
             stats.freezing_ms = freezingMs
             stats.pause_ms = pauseMs
+            stats.staging_copy_ms = stagingMs
             let caps = c.store.backend.capabilities
             if !caps.contains(.constantTimeSnapshot) {
                 let size = Sys.treeSize(fsSnap)
@@ -274,6 +298,9 @@ final class RealTakeSteps: TakeSteps, CriuNotifyHandler {
     var captured: [Manifest.UnlinkedFile] = []
     var sharedLocks: [SharedLock] = []
     var freezeTimeout = TakeOptions.defaultFreezeTimeout
+    var stage = ImageStaging.Mode.auto
+    /// The container's tmpfs mounts (their contents go into the images).
+    var tmpfs: [String] = []
 
     init(container: Container, criu: Criu, initPid: pid_t, cgroup: FreezerCgroup) {
         self.container = container
@@ -349,6 +376,29 @@ final class RealTakeSteps: TakeSteps, CriuNotifyHandler {
 
     func ensureThawed() throws {
         if cgroup.state() != "THAWED" { try cgroup.thaw() }
+    }
+
+    func stageImages(at dir: String) throws -> ImageStaging.Plan? {
+        if stage == .store { return nil }
+        var tmpfsBytes: UInt64 = 0
+        for path in tmpfs {
+            var s = statvfs()
+            if statvfs("/proc/\(initPid)/root\(path)", &s) == 0 {
+                tmpfsBytes += UInt64(s.f_blocks - s.f_bfree) * UInt64(s.f_frsize)
+            }
+        }
+        let plan = ImageStaging.plan(tasks: cgroup.procs(), tmpfsBytes: tmpfsBytes)
+        let mem = ImageStaging.meminfo()
+        if let why = ImageStaging.refusal(plan, available: mem.available, floor: ImageStaging.floor(total: mem.total)) {
+            if stage == .memory { throw CrsnapError(.failed, "cannot stage the images in memory (--stage memory): \(why)") }
+            return nil
+        }
+        try ImageStaging.mount(at: dir, limit: plan.limit)
+        return plan
+    }
+
+    func unstageImages(_ dir: String) throws {
+        try ImageStaging.moveToStore(dir, dir + ".store")
     }
 
     func deleteVolume(_ path: String) throws { try container.store.backend.deleteVolume(path) }

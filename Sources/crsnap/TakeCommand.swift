@@ -13,7 +13,11 @@ struct TakeCommand: ParsableCommand {
         they stand still (CRIU's post-dump notification) crsnap snapshots the
         writable volume, so memory and files are from the same instant, and
         thaws the tasks as soon as CRIU is done. The pause a client of the
-        service sees is `pause_ms` in --json and PAUSE(ms) in `crsnap list`. Open
+        service sees is `pause_ms` in --json and PAUSE(ms) in `crsnap list`.
+        Most of a large container's pause is CRIU copying its memory into the
+        images: by default (--stage auto) they are written to a tmpfs of their
+        own when the machine has the memory to spare, and copied into the
+        store after the thaw (the snapshot is listed only once it is complete). Open
         files whose last name is gone (unlinked, O_TMPFILE) are cloned into the
         snapshot in the same instant, whatever their size, and copied only
         where the filesystem cannot clone (`copied_bytes`); `crsnap show`
@@ -36,7 +40,9 @@ struct TakeCommand: ParsableCommand {
     var post: String?
     @Option(help: ArgumentHelp("Seconds the tasks may take to freeze before the take gives up (thawed, nothing added).", valueName: "SECONDS"))
     var freezeTimeout: Double = TakeOptions.defaultFreezeTimeout
-    @Flag(help: "Print JSON: id, container, tag, created, stats (pause_ms: freeze request to thaw, what a client waits; freezing_ms: freeze request to all tasks frozen; frozen_ms: CRIU's seize to resume; fs_snapshot_ms, dump_ms, images_bytes; unlinked_bytes, copied_bytes, reflinked_bytes where they apply), criu (CRIU's own figures), warnings (e.g. file locks shared with processes outside the container).")
+    @Option(help: ArgumentHelp("Where CRIU writes the images while the tasks are frozen: memory (a tmpfs; copied into the store after the thaw, which makes the pause of a large container about half as long), store, or auto: memory when the machine has the images' size to spare beside 1 GiB or a tenth of its RAM, else the store.", valueName: "auto|memory|store"))
+    var stage: ImageStaging.Mode = .auto
+    @Flag(help: "Print JSON: id, container, tag, created, stats (pause_ms: freeze request to thaw, what a client waits; freezing_ms: freeze request to all tasks frozen; frozen_ms: CRIU's seize to resume; fs_snapshot_ms, dump_ms, images_bytes; staging_copy_ms when the images were staged in memory; unlinked_bytes, copied_bytes, reflinked_bytes where they apply), criu (CRIU's own figures), warnings (e.g. file locks shared with processes outside the container).")
     var json = false
     @Argument(help: "Container name.") var name: String
 
@@ -45,6 +51,7 @@ struct TakeCommand: ParsableCommand {
             try Names.validate(name)
             if let tag { try Names.validate(tag, what: "tag") }
             var o = TakeOptions(tag: tag, role: pre ? .pre : .single, stop: stop, freezeTimeout: freezeTimeout)
+            o.stage = stage
             if let post {
                 guard !pre else { throw CrsnapError(.usage, "--pre and --post exclude each other") }
                 let sid = try SnapshotID(parsing: post)
@@ -63,3 +70,5 @@ struct TakeCommand: ParsableCommand {
         }
     }
 }
+
+extension ImageStaging.Mode: ExpressibleByArgument {}

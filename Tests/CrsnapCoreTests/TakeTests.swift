@@ -39,6 +39,8 @@ final class FakeTakeSteps: TakeSteps {
     var writeInventory = true
     var failEnsureThawed = false
     var failFreeze = false
+    /// Stage the images in memory (as if a tmpfs had been mounted).
+    var stage = false
     var failDeleteVolume = false
     /// What the unlinked-file capture reports (called in post-dump).
     var unlinked = Unlinked.Captured()
@@ -54,6 +56,17 @@ final class FakeTakeSteps: TakeSteps {
     func flush() throws {
         calls.append("flush")
         if failFlush { throw Injected(at: "flush") }
+    }
+
+    func stageImages(at dir: String) throws -> ImageStaging.Plan? {
+        guard stage else { return nil }
+        calls.append("stage")
+        return ImageStaging.Plan(expected: 1 << 20, limit: 2 << 20)
+    }
+
+    func unstageImages(_ dir: String) throws {
+        calls.append("unstage")
+        XCTAssertTrue(Sys.exists("\(dir)/inventory.img"), "the images are there to be copied")
     }
 
     func freeze() throws {
@@ -173,6 +186,42 @@ final class TakeTests: XCTestCase {
         let staging = "\(c.snapshotsDir)/.staging-1"
         XCTAssertEqual(steps.calls, ["dump", "flush", "freeze", "snapshot \(staging)/fs", "unlinked \(staging)/unlinked",
                                      "ensureThawed"])
+    }
+
+    func testStagedImagesGoToTheStoreAfterTheThawBeforeTheChecksums() throws {
+        let steps = try FakeTakeSteps(container: c)
+        steps.stage = true
+        let r = try take(steps)
+        let staging = "\(c.snapshotsDir)/.staging-1"
+        XCTAssertEqual(steps.calls, ["stage", "dump", "flush", "freeze", "snapshot \(staging)/fs", "unlinked \(staging)/unlinked",
+                                     "ensureThawed", "unstage"])
+        XCTAssertNotNil(r.stats.staging_copy_ms)
+        XCTAssertNotNil(try c.manifest(1).images_sha256, "hashed after the copy")
+        let direct = try take(try FakeTakeSteps(container: c))
+        XCTAssertNil(direct.stats.staging_copy_ms, "not staged: no copy")
+    }
+
+    func testAFailedDumpOfStagedImagesCopiesNothing() throws {
+        let steps = try FakeTakeSteps(container: c)
+        steps.stage = true
+        steps.failDumpAfterPostDump = true
+        XCTAssertThrowsError(try take(steps))
+        XCTAssertFalse(steps.calls.contains("unstage"))
+        assertNothingLeft(steps, nextIDBefore: nil)
+    }
+
+    func testStagingPlanAndRefusal() {
+        let mib: UInt64 = 1 << 20
+        let plan = ImageStaging.plan(tasks: [10, 11], tmpfsBytes: 5 * mib) { pid in pid == 10 ? 100 * mib : 20 * mib }
+        XCTAssertEqual(plan.expected, (64 + 5 + 100 + 20) * mib, "memory of each task, tmpfs, headroom")
+        XCTAssertGreaterThanOrEqual(plan.limit, plan.expected + plan.expected / 2)
+        XCTAssertEqual(plan.limit % mib, 0)
+        XCTAssertNil(ImageStaging.refusal(plan, available: 2048 * mib, floor: 1024 * mib))
+        let why = ImageStaging.refusal(plan, available: 1100 * mib, floor: 1024 * mib)
+        XCTAssertEqual(why, "the images need about 189 MiB and 1100 MiB of memory are available, of which 1024 MiB must stay free")
+        XCTAssertNotNil(ImageStaging.refusal(plan, available: nil, floor: 0))
+        XCTAssertEqual(ImageStaging.floor(total: 24 << 30), (24 << 30) / 10)
+        XCTAssertEqual(ImageStaging.floor(total: 4 << 30), 1 << 30)
     }
 
     func testThePauseRunsFromTheFreezeToTheThaw() throws {

@@ -120,8 +120,9 @@ final class NoSpaceTests: ReliabilityCase {
     }
 
     @discardableResult
-    func assertTakeFailsCleanly(_ c: TestContainer, path: String, pids: [pid_t], before: [String], _ what: String) throws -> String {
-        let r = try crsnap(["take", c.name], store: path)
+    func assertTakeFailsCleanly(_ c: TestContainer, path: String, pids: [pid_t], before: [String], _ what: String,
+                                _ extra: [String] = []) throws -> String {
+        let r = try crsnap(["take", c.name] + extra, store: path)
         print("take on a \(what): \(r.stderr)")
         XCTAssertEqual(r.status, 1, "\(what): take fails: \(r.stderr)")
         XCTAssertTrue(r.stderr.contains("No space left on device"), "\(what): the error says why: \(r.stderr)")
@@ -166,8 +167,14 @@ final class NoSpaceTests: ReliabilityCase {
         // Room for the journal but not for the images: ENOSPC inside the dump.
         XCTAssertEqual(truncate("\(path)/data/fill", off_t(filled - (8 << 20))), 0)
         sync()
-        let dump = try assertTakeFailsCleanly(c, path: path, pids: pids, before: before, "store with 8 MiB left")
+        // Images written by CRIU to the store, inside the freeze:
+        let dump = try assertTakeFailsCleanly(c, path: path, pids: pids, before: before, "store with 8 MiB left", ["--stage", "store"])
         XCTAssertTrue(dump.contains("criu dump failed"), "the 8 MiB left let the take reach the dump: \(dump)")
+        // Images staged in memory, copied to the store after the thaw:
+        let copy = try assertTakeFailsCleanly(c, path: path, pids: pids, before: before, "store with 8 MiB left, staged",
+                                              ["--stage", "memory"])
+        XCTAssertTrue(copy.contains("images.store"), "the copy into the store ran out of room: \(copy)")
+        XCTAssertEqual(mountsBelow(c.dir + "/snapshots"), [], "no staging tmpfs left")
 
         // A rollback on the full store (its clone is made before the tasks are
         // stopped): it works, or it fails with nothing changed.

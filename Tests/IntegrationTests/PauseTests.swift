@@ -6,8 +6,8 @@ import XCTest
 /// then seizes at once instead of sleeping its 100 ms freezer steps.
 final class PauseTests: ReliabilityCase {
     /// `take --json` of `c`: the whole object and its stats.
-    func take(_ c: TestContainer, env: [String: String] = [:]) throws -> (id: String, stats: [String: Double]) {
-        let r = try crsnap(["take", c.name, "--json"], env: env)
+    func take(_ c: TestContainer, extra: [String] = [], env: [String: String] = [:]) throws -> (id: String, stats: [String: Double]) {
+        let r = try crsnap(["take", c.name, "--json"] + extra, env: env)
         XCTAssertEqual(r.status, 0, r.stderr)
         let o = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [String: Any], r.stdout)
         let stats = (o["stats"] as? [String: Any] ?? [:]).compactMapValues { ($0 as? NSNumber)?.doubleValue }
@@ -91,5 +91,30 @@ final class PauseTests: ReliabilityCase {
         }
         XCTAssertEqual(try listed(c), before)
         try assertHealthy(c, "after a freeze that timed out")
+    }
+
+    /// Images staged in memory (a tmpfs on the staging images directory)
+    /// end up in the store as if CRIU had written them there: the snapshot
+    /// verifies and rolls back, and no tmpfs is left; `--stage store`
+    /// writes to the store directly; a bad mode is refused.
+    func testImagesStagedInMemoryReachTheStore() throws {
+        let c = try startCounter("it-pause-stage")
+        let staged = try take(c, extra: ["--stage", "memory"])
+        XCTAssertNotNil(staged.stats["staging_copy_ms"], "staged in memory: \(staged.stats)")
+        XCTAssertEqual(mountsBelow("\(c.dir)/snapshots"), [], "the staging tmpfs is gone")
+        let n = try XCTUnwrap(Int(staged.id.split(separator: "@").last ?? ""))
+        var images = stat(), dir = stat()
+        XCTAssertEqual(stat("\(c.dir)/snapshots/\(n)/images/inventory.img", &images), 0)
+        XCTAssertEqual(stat(c.dir, &dir), 0)
+        XCTAssertEqual(images.st_dev, dir.st_dev, "the images are on the store's filesystem")
+        let direct = try take(c, extra: ["--stage", "store"])
+        XCTAssertNil(direct.stats["staging_copy_ms"], "written to the store: \(direct.stats)")
+        let before = try listed(c)
+        let bad = try crsnap(["take", c.name, "--stage", "ram"])
+        XCTAssertEqual(bad.status, 64, bad.stderr)
+        XCTAssertTrue(bad.stderr.contains("stage"), bad.stderr)
+        XCTAssertEqual(try listed(c), before)
+        try crsnapOK(["rollback", staged.id])
+        try assertHealthy(c, "after a rollback to images staged in memory")
     }
 }

@@ -73,6 +73,7 @@ class ReliabilityCase: XCTestCase {
         XCTAssertEqual(subvolumes.sorted(), (["fs"] + entries.map { "snapshots/\($0)/fs" }).sorted(),
                        "\(what): no leaked subvolume", file: file, line: line)
         XCTAssertEqual(c.freezerState, "THAWED", "\(what): left frozen", file: file, line: line)
+        XCTAssertEqual(mountsBelow("\(c.dir)/snapshots"), [], "\(what): no staging tmpfs left mounted", file: file, line: line)
         let ps = try crsnap(["ps", "--json"], store: c.store)
         let rows = (try? JSONSerialization.jsonObject(with: Data(ps.stdout.utf8))) as? [[String: Any]] ?? []
         XCTAssertEqual(rows.first { $0["name"] as? String == c.name }?["state"] as? String, "running",
@@ -95,7 +96,8 @@ class ReliabilityCase: XCTestCase {
 /// container running and thawed and the store consistent.
 final class CrashSafetyTests: ReliabilityCase {
     static let takeSteps = ["take.locked", "take.pre-dump", "take.frozen", "take.post-dump", "take.fs-snapshot",
-                            "take.fs-snapshotted", "take.unlinked", "take.dumped", "take.thawed", "take.manifest", "take.renamed"]
+                            "take.fs-snapshotted", "take.unlinked", "take.dumped", "take.thawed", "take.staged", "take.manifest",
+                            "take.renamed"]
     /// Killed with the tasks frozen: by crsnap (take.frozen: CRIU has not
     /// seized them yet; take.dumped: CRIU has let go of them) or by CRIU.
     static let frozenSteps: Set<String> = ["take.frozen", "take.post-dump", "take.fs-snapshot", "take.fs-snapshotted",
@@ -117,8 +119,13 @@ final class CrashSafetyTests: ReliabilityCase {
         let pids = c.namespacePids
         for (i, step) in Self.takeSteps.enumerated() {
             let before = try listed(c)
-            let r = try crsnap(["take", c.name], env: ["CRSNAP_FAULT": "kill:\(step)"])
+            // take.staged: images staged in memory, copied to the store after the thaw.
+            let stage = step == "take.staged" ? ["--stage", "memory"] : []
+            let r = try crsnap(["take", c.name] + stage, env: ["CRSNAP_FAULT": "kill:\(step)"])
             XCTAssertEqual(r.status, 128 + SIGKILL, "\(step): crsnap was killed: \(r.stderr)")
+            if step == "take.staged" {
+                XCTAssertFalse(mountsBelow("\(c.dir)/snapshots").isEmpty, "\(step): the staging tmpfs is left mounted")
+            }
             XCTAssertEqual(r.stdout, "", "\(step): no id printed")
             if step == "take.frozen" || step == "take.dumped" {
                 // crsnap's own freeze, with no CRIU attached: left frozen

@@ -173,6 +173,17 @@ var cgroupRoots: [String] {
     return ["/sys/fs/cgroup/freezer"] + v2
 }
 
+/// Mount points at or below `path` (this mount namespace).
+func mountsBelow(_ path: String) -> [String] {
+    let info = (try? String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8)) ?? ""
+    return info.split(separator: "\n").compactMap { line -> String? in
+        let f = line.split(separator: " ")
+        guard f.count > 4 else { return nil }
+        let target = String(f[4])
+        return target == path || target.hasPrefix(path + "/") ? target : nil
+    }
+}
+
 /// The complete lines of a counter log as numbers.
 func counterLines(_ path: String) -> [Int] {
     guard let text = try? String(contentsOfFile: path, encoding: .utf8) else { return [] }
