@@ -234,16 +234,6 @@ final class TakeTests: XCTestCase {
         XCTAssertEqual(try c.manifest(r.number).stats.pause_ms, pause, "the manifest keeps it")
     }
 
-    func testAFreezeThatFailsDiscardsEverythingAndThaws() throws {
-        let steps = try FakeTakeSteps(container: c)
-        steps.failFreeze = true
-        XCTAssertThrowsError(try take(steps)) { error in
-            XCTAssertEqual(error as? FakeTakeSteps.Injected, .init(at: "freeze"))
-        }
-        assertNothingLeft(steps, nextIDBefore: nil)
-        XCTAssertFalse(steps.calls.contains { $0.hasPrefix("snapshot") }, "no snapshot after a failed freeze")
-    }
-
     func testUnlinkedFilesCapturedWhileFrozenAreInTheManifestAndStats() throws {
         let steps = try FakeTakeSteps(container: c)
         func file(_ k: Int, _ size: UInt64, _ how: FileClone.How) -> Manifest.UnlinkedFile {
@@ -303,14 +293,18 @@ final class TakeTests: XCTestCase {
         XCTAssertEqual(c.snapshotNumbers(), [])
     }
 
-    func testFailingFlushInPreDumpDiscardsEverything() throws {
-        let steps = try FakeTakeSteps(container: c)
-        steps.failFlush = true
-        XCTAssertThrowsError(try take(steps)) { error in
-            XCTAssertEqual(error as? FakeTakeSteps.Injected, .init(at: "flush"))
+    /// The flush or crsnap's freeze failing in pre-dump (the freeze timing out).
+    func testFailingFlushOrFreezeInPreDumpDiscardsEverything() throws {
+        for step in ["flush", "freeze"] {
+            let steps = try FakeTakeSteps(container: c)
+            steps.failFlush = step == "flush"
+            steps.failFreeze = step == "freeze"
+            XCTAssertThrowsError(try take(steps)) { error in
+                XCTAssertEqual(error as? FakeTakeSteps.Injected, .init(at: step))
+            }
+            assertNothingLeft(steps, nextIDBefore: nil)
+            XCTAssertFalse(steps.calls.contains { $0.hasPrefix("snapshot") }, "no snapshot after a failed \(step)")
         }
-        assertNothingLeft(steps, nextIDBefore: nil)
-        XCTAssertFalse(steps.calls.contains { $0.hasPrefix("snapshot") }, "no snapshot after a failed flush")
     }
 
     func testCriuFailingAfterPostDumpRemovesStagingAndTheFsVolume() throws {
