@@ -172,13 +172,7 @@ class Bench:
 
         def sample():
             while p.poll() is None:
-                try:
-                    with open("/proc/%d/status" % p.pid) as f:
-                        for line in f:
-                            if line.startswith("VmHWM:"):
-                                peak[0] = max(peak[0], int(line.split()[1]))
-                except OSError:
-                    pass
+                peak[0] = max(peak[0], peak_rss_kib(p.pid))
                 time.sleep(0.002)
 
         t = threading.Thread(target=sample)
@@ -238,12 +232,7 @@ class Bench:
 
     def rss_kib(self, name):
         with open("%s/containers/%s/state.json" % (self.a.store, name)) as f:
-            pid = json.load(f)["monitorPid"]
-        with open("/proc/%d/status" % pid) as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1])
-        return 0
+            return peak_rss_kib(json.load(f)["monitorPid"])
 
     # One measured operation each; returns the row (without client figures).
     def op_take(self, size, rnd, name, files, stage="auto"):
@@ -353,6 +342,18 @@ class Bench:
         scratch = "%s/bench-pause-scratch-%d" % (self.a.store_root, os.getpid())
         if os.path.isdir(scratch):
             subprocess.run(["rm", "-rf", "--one-file-system", "--", scratch])
+
+
+def peak_rss_kib(pid):
+    """VmHWM of `pid` in KiB, 0 once it is gone."""
+    try:
+        with open("/proc/%d/status" % pid) as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
 
 
 def memcpy_bandwidth(mib=256, times=5):

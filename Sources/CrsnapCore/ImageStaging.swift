@@ -90,12 +90,7 @@ public enum ImageStaging {
 
     /// Unmounts a staging tmpfs if `dir` is one (lazily if it is busy).
     public static func unmountIfMounted(_ dir: String) throws {
-        guard Mounts.isMountPoint(dir) else { return }
-        do {
-            try Mounts.unmount(dir)
-        } catch {
-            try Mounts.unmount(dir, lazy: true)
-        }
+        if Mounts.isMountPoint(dir) { try Mounts.unmountOrDetach(dir) }
     }
 
     /// Copies every file of the tmpfs `from` into the new directory `to`

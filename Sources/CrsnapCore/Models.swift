@@ -171,3 +171,8 @@ enum JSON {
         }
     }
 }
+
+/// Milliseconds from `t` until now (monotonic): the figures in stats.
+func milliseconds(since t: DispatchTime) -> Double {
+    Double(DispatchTime.now().uptimeNanoseconds - t.uptimeNanoseconds) / 1e6
+}

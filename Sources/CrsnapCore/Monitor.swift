@@ -242,7 +242,7 @@ public final class Monitor {
                 throw error
             }
             _ = watch.stop()
-            let restoreMs = Double(DispatchTime.now().uptimeNanoseconds - r0.uptimeNanoseconds) / 1e6
+            let restoreMs = milliseconds(since: r0)
             var repaired = ""
             var report = LockRepair.Report()
             if req.leaveStopped {

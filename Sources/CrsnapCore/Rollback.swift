@@ -112,7 +112,7 @@ public enum Rollback {
     static func rollbackLocked(_ c: Container, _ n: Int, preSnapshot: Bool) throws -> RollbackResult {
         let id = "\(c.name)@\(n)"
         let started = DispatchTime.now()
-        var timing = RollbackStats()
+        var preMs = 0.0, cloneMs = 0.0
         // Images are a trust boundary: only complete snapshots whose images
         // match the checksums recorded at take time are restored.
         try Verify.require(c, n, doing: "rollback to \(id)")
@@ -132,7 +132,7 @@ public enum Rollback {
                 if c.isRunning && preSnapshot {
                     let t = DispatchTime.now()
                     let p = try Take.takeLocked(c, TakeOptions(role: .preRollback)).number
-                    timing.pre_rollback_ms = milliseconds(since: t)
+                    preMs = milliseconds(since: t)
                     pre = p
                     prepare.push("delete the pre-rollback snapshot \(c.name)@\(p)") { try Snapshots.deleteLocked(c, p) }
                 }
@@ -140,7 +140,7 @@ public enum Rollback {
                 prepare.push("end journal") { try Sys.unlink(c.journalPath) }
                 let t = DispatchTime.now()
                 try cloneSnapshot(c, n)
-                timing.fs_ms = milliseconds(since: t)
+                cloneMs = milliseconds(since: t)
             }
         } catch {
             var message = "rollback to \(id) failed: \(error)\n"
@@ -153,8 +153,8 @@ public enum Rollback {
             let restored = try stopAndRestore(c, n, faults: true)
             try? JSON.write(Undo.Record(preRollback: pre, target: n, at: Date()), to: Undo.path(c))
             var stats = restored.stats
-            stats.pre_rollback_ms = timing.pre_rollback_ms
-            stats.fs_ms += timing.fs_ms
+            stats.pre_rollback_ms = preMs
+            stats.fs_ms += cloneMs
             stats.total_ms = milliseconds(since: started)
             return RollbackResult(id: id, pid: restored.pid, pre_rollback: pre.map { "\(c.name)@\($0)" }, stats: stats)
         } catch {
@@ -213,9 +213,6 @@ public enum Rollback {
         }
     }
 
-    static func milliseconds(since t: DispatchTime) -> Double {
-        Double(DispatchTime.now().uptimeNanoseconds - t.uptimeNanoseconds) / 1e6
-    }
 
     /// Both halves of snapshot `n` are there (a quick check; Verify does the full one).
     static func checkComplete(_ c: Container, _ n: Int) throws {
@@ -324,11 +321,5 @@ public enum Rollback {
         return restored
     }
 
-    static func unmountRoot(_ c: Container) throws {
-        do {
-            try Mounts.unmount(c.rootMount)
-        } catch {
-            try Mounts.unmount(c.rootMount, lazy: true)
-        }
-    }
+    static func unmountRoot(_ c: Container) throws { try Mounts.unmountOrDetach(c.rootMount) }
 }

@@ -15,6 +15,13 @@ enum Space {
         return UInt64(s.f_bavail) * UInt64(s.f_frsize)
     }
 
+    /// Bytes in use on the filesystem of `path`.
+    static func usedBytes(_ path: String) -> UInt64? {
+        var s = statvfs()
+        guard statvfs(path, &s) == 0 else { return nil }
+        return UInt64(s.f_blocks - s.f_bfree) * UInt64(s.f_frsize)
+    }
+
     /// A sentence for an error message when the store has less room than
     /// `needed` (or 64 MiB), else nil.
     static func hint(_ store: Store, needed: UInt64 = 0) -> String? {

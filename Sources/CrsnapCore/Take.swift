@@ -201,7 +201,7 @@ public enum Take {
             var fsMs = 0.0
             var snapshotted = false
             var unlinked = Unlinked.Captured()
-            var freezeAsked: UInt64?
+            var freezeAsked: DispatchTime?
             var freezingMs: Double?
             let t0 = DispatchTime.now()
             let dumpStats = try steps.dump(imagesDir: images, onPreDump: {
@@ -209,10 +209,10 @@ public enum Take {
                 try steps.flush()
                 // crsnap freezes, not CRIU: CRIU finds the cgroup frozen and
                 // seizes the tasks at once instead of sleeping 100 ms steps.
-                let f = DispatchTime.now().uptimeNanoseconds
+                let f = DispatchTime.now()
                 freezeAsked = f
                 try steps.freeze()
-                freezingMs = Double(DispatchTime.now().uptimeNanoseconds - f) / 1e6
+                freezingMs = milliseconds(since: f)
                 try Faults.check("take.frozen")
             }, onPostDump: {
                 let s = DispatchTime.now()
@@ -221,15 +221,15 @@ public enum Take {
                 try steps.snapshotVolume(to: fsSnap)
                 try Faults.check("take.fs-snapshotted")
                 unlinked = try steps.captureUnlinked(into: "\(staging)/unlinked")
-                fsMs = Double(DispatchTime.now().uptimeNanoseconds - s.uptimeNanoseconds) / 1e6
+                fsMs = milliseconds(since: s)
                 snapshotted = true
             })
-            let dumpMs = Double(DispatchTime.now().uptimeNanoseconds - t0.uptimeNanoseconds) / 1e6
+            let dumpMs = milliseconds(since: t0)
             // CRIU leaves a cgroup it found frozen frozen again: the tasks run
             // from here on.
             try Faults.check("take.dumped")
             try steps.ensureThawed()
-            let pauseMs = freezeAsked.map { Double(DispatchTime.now().uptimeNanoseconds - $0) / 1e6 }
+            let pauseMs = freezeAsked.map(milliseconds(since:))
             try Faults.check("take.thawed")
             var stagingMs: Double?
             if staged != nil {
@@ -237,7 +237,7 @@ public enum Take {
                 try Faults.check("take.staged")
                 let s0 = DispatchTime.now()
                 try steps.unstageImages(images)
-                stagingMs = Double(DispatchTime.now().uptimeNanoseconds - s0.uptimeNanoseconds) / 1e6
+                stagingMs = milliseconds(since: s0)
             }
             guard snapshotted, steps.isVolume(fsSnap) else {
                 throw CrsnapError(.failed, "take \(c.name): CRIU finished without the post-dump notification; no filesystem snapshot was taken")
@@ -249,7 +249,7 @@ public enum Take {
             // Outside the freeze: the tasks run on while the images are hashed.
             let h0 = DispatchTime.now()
             let sums = try Checksums.images(images)
-            let hashMs = Double(DispatchTime.now().uptimeNanoseconds - h0.uptimeNanoseconds) / 1e6
+            let hashMs = milliseconds(since: h0)
             var stats = Manifest.Stats(frozen_ms: dumpStats.frozenMs, fs_snapshot_ms: fsMs, dump_ms: dumpMs,
                                        images_bytes: Sys.treeSize(images), checksum_ms: hashMs)
             stats.freezing_ms = freezingMs
@@ -380,13 +380,7 @@ final class RealTakeSteps: TakeSteps, CriuNotifyHandler {
 
     func stageImages(at dir: String) throws -> ImageStaging.Plan? {
         if stage == .store { return nil }
-        var tmpfsBytes: UInt64 = 0
-        for path in tmpfs {
-            var s = statvfs()
-            if statvfs("/proc/\(initPid)/root\(path)", &s) == 0 {
-                tmpfsBytes += UInt64(s.f_blocks - s.f_bfree) * UInt64(s.f_frsize)
-            }
-        }
+        let tmpfsBytes = tmpfs.reduce(UInt64(0)) { $0 + (Space.usedBytes("/proc/\(initPid)/root\($1)") ?? 0) }
         let plan = ImageStaging.plan(tasks: cgroup.procs(), tmpfsBytes: tmpfsBytes)
         let mem = ImageStaging.meminfo()
         if let why = ImageStaging.refusal(plan, available: mem.available, floor: ImageStaging.floor(total: mem.total)) {

@@ -61,6 +61,15 @@ public enum Mounts {
         }, { mnt_context_umount($0) })
     }
 
+    /// Unmounts `target`, or detaches it lazily when it is busy.
+    public static func unmountOrDetach(_ target: String) throws {
+        do {
+            try unmount(target)
+        } catch {
+            try unmount(target, lazy: true)
+        }
+    }
+
     public struct Entry: Equatable {
         public let source: String
         public let target: String

@@ -167,7 +167,7 @@ extension FileLocks {
     /// no owner (pid -1) and are left out on the outside side.
     public static func shared(by tasks: Set<pid_t>, procLocks: String = (try? Sys.readText("/proc/locks")) ?? "",
                               name: (pid_t, String) -> String? = FileLocks.openPath,
-                              process: (pid_t) -> String = FileLocks.processName) -> [SharedLock] {
+                              process: (pid_t) -> String = Proc.comm) -> [SharedLock] {
         matching(procLocks, name: name, process: process, mine: { !$0.waiting && tasks.contains($0.pid) },
                  other: { mine, o in o.file == mine.file && o.pid > 0 && !tasks.contains(o.pid) })
     }
@@ -179,7 +179,7 @@ extension FileLocks {
     /// flock, held up by the outside.
     public static func waitingOnOutside(_ tasks: Set<pid_t>, procLocks: String = (try? Sys.readText("/proc/locks")) ?? "",
                                         name: (pid_t, String) -> String? = FileLocks.openPath,
-                                        process: (pid_t) -> String = FileLocks.processName) -> [SharedLock] {
+                                        process: (pid_t) -> String = Proc.comm) -> [SharedLock] {
         matching(procLocks, name: name, process: process, mine: { $0.waiting && tasks.contains($0.pid) },
                  other: { mine, o in !o.waiting && o.file == mine.file && !tasks.contains(o.pid) })
     }
@@ -223,8 +223,6 @@ extension FileLocks {
         }
         return nil
     }
-
-    public static func processName(_ pid: pid_t) -> String { Proc.comm(pid) }
 }
 
 /// Brings back file locks a CRIU restore lost, while the restored tree is
@@ -317,7 +315,7 @@ public struct LockRepair {
 
     /// "process 7 (python3; host pid 4242)" and the file's path as the kernel names it.
     static func names(host: pid_t, pid: Int32, fd: Int32) -> (process: String, file: String) {
-        ("process \(pid) (\(FileLocks.processName(host)); host pid \(host))", Proc.fdTarget(pid: host, fd: fd) ?? "fd \(fd)")
+        ("process \(pid) (\(Proc.comm(host)); host pid \(host))", Proc.fdTarget(pid: host, fd: fd) ?? "fd \(fd)")
     }
 
     /// The real thing: waits until the process is stopped, then runs one

@@ -83,17 +83,25 @@ public struct FreezerCgroup: Sendable {
             return ((try? Sys.readText("\(path)/freezer.state")) ?? "THAWED")
                 .trimmingCharacters(in: .whitespacesAndNewlines)
         }
-        let events = (try? Sys.readText("\(path)/cgroup.events")) ?? ""
-        if events.split(separator: "\n").contains("frozen 1") { return "FROZEN" }
+        if isFrozen((try? Sys.readText("\(path)/\(frozenFile)")) ?? "") { return "FROZEN" }
         let asked = ((try? Sys.readText("\(path)/cgroup.freeze")) ?? "0").trimmingCharacters(in: .whitespacesAndNewlines)
         return asked == "1" ? "FREEZING" : "THAWED"
     }
 
-    public func thaw() throws {
-        let (file, value) = version == 1 ? ("freezer.state", "THAWED") : ("cgroup.freeze", "0")
+    public func thaw() throws { try ask(frozen: false) }
+
+    /// Asks the kernel to freeze or thaw the cgroup (v1 freezer.state, v2 cgroup.freeze).
+    func ask(frozen: Bool) throws {
+        let (file, value) = version == 1 ? ("freezer.state", frozen ? "FROZEN" : "THAWED") : ("cgroup.freeze", frozen ? "1" : "0")
         let fd = try Sys.open("\(path)/\(file)", O_WRONLY)
         defer { Sys.close(fd) }
         try Sys.write(fd, Array(value.utf8), "\(path)/\(file)")
+    }
+
+    /// The file that says whether every task is frozen, and how to read it.
+    var frozenFile: String { version == 1 ? "freezer.state" : "cgroup.events" }
+    func isFrozen(_ text: String) -> Bool {
+        version == 1 ? text.hasPrefix("FROZEN") : text.split(separator: "\n").contains("frozen 1")
     }
 
     /// Freezes every task of the cgroup and returns once all of them are
@@ -104,24 +112,17 @@ public struct FreezerCgroup: Sendable {
     /// the freeze never finish.
     public func freeze(timeout: Double, stuck: Bool = false) throws {
         try checkFreezable()
-        let (file, value) = version == 1 ? ("freezer.state", "FROZEN") : ("cgroup.freeze", "1")
-        let fd = try Sys.open("\(path)/\(file)", O_WRONLY)
-        do {
-            defer { Sys.close(fd) }
-            try Sys.write(fd, Array(value.utf8), "\(path)/\(file)")
-        }
-        let watched = version == 1 ? "freezer.state" : "cgroup.events"
-        let state = try Sys.open("\(path)/\(watched)", O_RDONLY)
+        try ask(frozen: true)
+        // One fd read again and again: the wait must look often and cheaply.
+        let state = try Sys.open("\(path)/\(frozenFile)", O_RDONLY)
         defer { Sys.close(state) }
         let start = DispatchTime.now().uptimeNanoseconds
         var step: UInt32 = 50
         var buf = [UInt8](repeating: 0, count: 512)
         while true {
             let n = buf.withUnsafeMutableBytes { pread(state, $0.baseAddress, $0.count, 0) }
-            if n < 0 { throw SystemError("read", "\(path)/\(watched)", errno: errno) }
-            let text = String(decoding: buf[0..<n], as: UTF8.self)
-            let frozen = version == 1 ? text.hasPrefix("FROZEN") : text.split(separator: "\n").contains("frozen 1")
-            if frozen && !stuck { return }
+            if n < 0 { throw SystemError("read", "\(path)/\(frozenFile)", errno: errno) }
+            if isFrozen(String(decoding: buf[0..<n], as: UTF8.self)) && !stuck { return }
             if Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9 >= timeout { break }
             usleep(step)
             step = min(step * 2, 1000)
