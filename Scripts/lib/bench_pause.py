@@ -6,10 +6,12 @@ holds one connection and sends GET every 2 ms, recording when each request
 went out and when its answer came (across reconnects). The driver fills the
 server to each memory size and, round after round in rotating order, runs
 `crsnap take`, a bare CRIU dump (`crsnap _bench-dump`: CRIU freezes the
-cgroup itself) and `crsnap rollback`, marking each window. Afterwards every
+cgroup itself), `crsnap rollback`, `crsnap rollback --lazy` and a bare CRIU
+restore (`crsnap _bench-restore`), marking each window. Afterwards every
 window is matched with the client's samples: the longest wait of a request
-that was outstanding in it and, for rollback, the time from the command's
-start until the first answer that is the snapshot's.
+that was outstanding in it and, for the rollbacks and the restore, the time
+from the command's start until the first answer that is the snapshot's and
+the outage before it (from the last answer before it).
 
 Run through Scripts/bench-pause (it checks root, memory and disk, builds
 crsnap and picks the store); `python3 bench_pause.py --client PORT FILE` is
@@ -257,10 +259,10 @@ class Bench:
         return dict(kind="bare", start_ns=t0, end_ns=t1, freezing_ms=d["freezing_ms"], frozen_ms=d["frozen_ms"],
                     memdump_ms=d["memdump_ms"], peak_rss_kib=peak, files_mib=self.a.files_mib)
 
-    def op_rollback(self, size, rnd, name, files):
+    def op_rollback(self, size, rnd, name, files, lazy=False):
         base = self.base[name]
         t0 = now_ns()
-        out, peak = self.crsnap_measured("rollback", "--json", base)
+        out, peak = self.crsnap_measured("rollback", "--json", *(["--lazy"] if lazy else []), base)
         t1 = now_ns()
         d = json.loads(out)
         if d.get("pre_rollback"):
@@ -268,10 +270,23 @@ class Bench:
         # The live value again, so that the next rollback changes it back.
         call(self.ports[name], "SET", "epoch", "live-%d-%d" % (size, rnd))
         s = d["stats"]
-        return dict(kind="rollback" if files else "rollback-nofiles", start_ns=t0, end_ns=t1, total_ms=s.get("total_ms"), kill_ms=s.get("kill_ms"),
-                    flush_ms=s.get("flush_ms"), fs_ms=s.get("fs_ms"),
+        kind = "rollback-lazy" if lazy else "rollback" if files else "rollback-nofiles"
+        return dict(kind=kind, start_ns=t0, end_ns=t1, total_ms=s.get("total_ms"), kill_ms=s.get("kill_ms"),
+                    flush_ms=s.get("flush_ms"), fs_ms=s.get("fs_ms"), lazy_pages_ms=s.get("lazy_pages_ms"),
                     restore_ms=s.get("restore_ms"), pre_rollback_ms=s.get("pre_rollback_ms"), peak_rss_kib=peak,
                     monitor_rss_kib=self.rss_kib(name), files_mib=self.a.files_mib, expect="base-%d" % size)
+
+    def op_restore(self, size, rnd, name, files):
+        """A bare CRIU restore of the same images: the tasks killed and
+        restored, no verification, no pre-rollback snapshot, no files."""
+        t0 = now_ns()
+        out, peak = self.crsnap_measured("_bench-restore", self.base[name])
+        t1 = now_ns()
+        call(self.ports[name], "SET", "epoch", "live-%d-%d" % (size, rnd))
+        s = json.loads(out)
+        return dict(kind="restore-bare", start_ns=t0, end_ns=t1, total_ms=s.get("total_ms"), kill_ms=s.get("kill_ms"),
+                    restore_ms=s.get("restore_ms"), peak_rss_kib=peak, files_mib=self.a.files_mib,
+                    expect="base-%d" % size)
 
     def run(self):
         a = self.a
@@ -293,8 +308,10 @@ class Bench:
             print("bench-pause: %d MiB: filling" % size, file=sys.stderr)
             self.fill(self.port, size)
             take_store = lambda size, rnd, name, files: self.op_take(size, rnd, name, files, stage="store")
+            lazy = lambda size, rnd, name, files: self.op_rollback(size, rnd, name, files, lazy=True)
             ops = [("take", self.op_take, self.name, True), ("bare", self.op_bare, self.name, True),
-                   ("rollback", self.op_rollback, self.name, True), ("take-store", take_store, self.name, True)]
+                   ("rollback", self.op_rollback, self.name, True), ("take-store", take_store, self.name, True),
+                   ("rollback-lazy", lazy, self.name, True), ("restore-bare", self.op_restore, self.name, True)]
             names = [self.name]
             if size == a.sizes[0]:
                 # The same server without files, with the same history (it is
@@ -384,8 +401,10 @@ def load_samples(path):
 
 def client_figures(row, samples):
     """The longest wait of a request outstanding during the window, the
-    requests in it, and (rollback) the time from the start until the first
-    answer with the snapshot's value."""
+    requests in it, and (rollback, restore) the time from the start until the
+    first answer with the snapshot's value and the outage that answer ended:
+    the time since the answer before it (the server was stopped in between;
+    a rollback's pre-rollback snapshot pauses it earlier, a shorter gap)."""
     t0, t1 = row["start_ns"], row["end_ns"]
     waits = [(a - s) / 1e6 for s, a, _, _ in samples if a >= t0 and s <= t1]
     row["longest_wait_ms"] = max(waits) if waits else None
@@ -398,6 +417,8 @@ def client_figures(row, samples):
         if first:
             waits = [(a - s) / 1e6 for s, a, _, _ in samples if a >= t0 and s <= first]
             row["longest_wait_ms"] = max(waits)
+            before = [a for _, a, _, _ in samples if a < first]
+            row["outage_ms"] = (first - max(before)) / 1e6 if before else None
 
 
 def med(xs):
@@ -455,7 +476,7 @@ def report(rows, a):
         n = med([r.get(key) for r in rows if r["size_mib"] == s0 and r["kind"] == "take-nofiles"])
         print("%d MiB, median %s: with %d MiB of files %s, without %s" % (s0, key, a.files_mib, fmt(f, "%.2f"),
                                                                           fmt(n, "%.2f")))
-    rss = max([r["peak_rss_kib"] for r in rows if r["kind"] in ("take", "rollback")] or [0]) / 1024
+    rss = max([r["peak_rss_kib"] for r in rows if r["kind"] in ("take", "rollback", "rollback-lazy")] or [0]) / 1024
     mon = max([r.get("monitor_rss_kib") or 0 for r in rows]) / 1024
     goals.append(("crsnap's peak RSS <= 50 MiB (take, rollback; the monitor)", max(rss, mon), max(rss, mon) <= 50))
     print()
@@ -472,12 +493,26 @@ def report(rows, a):
             size, fmt(med([r["memdump_ms"] for r in tm])), fmt(med([r["memdump_ms"] for r in ts])), fmt(pm), fmt(ps),
             fmt(pm / ps if pm and ps else None, "%.2fx"), fmt(size * (1 << 20) / a.bandwidth / 1e6)))
     print()
-    print("rollback, medians (ms): the client's outage (longest wait) beside its parts")
-    print("%-9s %9s %9s %9s %9s %9s %9s %9s" % ("MiB", "outage", "pre-rb", "flush", "kill", "fs", "restore", "total"))
+    print("rollback, medians (ms): the client's longest wait and its outage (from the last answer before the first")
+    print("correct one) beside the parts; rollback --lazy; a bare CRIU restore of the same images (tasks killed, restored)")
+    print("%-5s %-14s %9s %9s %9s %9s %9s %9s %9s %9s %9s" % ("MiB", "", "wait", "outage", "pre-rb", "flush", "kill", "fs",
+                                                              "restore", "lazy", "total"))
+    largest = a.sizes[-1]
     for size in a.sizes:
-        rb = [r for r in rows if r["size_mib"] == size and r["kind"] == "rollback"]
-        print("%-9d %9s %9s %9s %9s %9s %9s %9s" % (size, *(fmt(med([r.get(k) for r in rb])) for k in (
-            "longest_wait_ms", "pre_rollback_ms", "flush_ms", "kill_ms", "fs_ms", "restore_ms", "total_ms"))))
+        outage = {}
+        for kind in ("rollback", "rollback-lazy", "restore-bare"):
+            rb = [r for r in rows if r["size_mib"] == size and r["kind"] == kind]
+            outage[kind] = med([r.get("outage_ms") for r in rb])
+            print("%-5d %-14s %9s %9s %9s %9s %9s %9s %9s %9s %9s" % (size, kind, *(fmt(med([r.get(k) for r in rb])) for k in (
+                "longest_wait_ms", "outage_ms", "pre_rollback_ms", "flush_ms", "kill_ms", "fs_ms", "restore_ms",
+                "lazy_pages_ms", "total_ms"))))
+        eager, lazy, bare = outage["rollback"], outage["rollback-lazy"], outage["restore-bare"]
+        ratio = eager / bare if eager and bare else None
+        goals.append(("rollback's outage <= 1.25x a bare CRIU restore's (%d MiB)" % size, ratio,
+                      ratio is not None and ratio <= 1.25))
+        if size == largest:
+            lr = lazy / eager if lazy and eager else None
+            goals.append(("rollback --lazy's outage <= 0.33x rollback's (%d MiB)" % size, lr, lr is not None and lr <= 0.33))
     print()
     print("peak RSS: crsnap take/rollback %.1f MiB, the container's monitor %.1f MiB" % (rss, mon))
     print()
@@ -495,17 +530,21 @@ def chart(rows, a, path):
     except ImportError:
         print("bench-pause: no chart: python3-matplotlib is missing (Scripts/testenv installs it)", file=sys.stderr)
         return
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(16, 4.4))
     styles = [("take", "crsnap take", "o-"), ("take-store", "crsnap take --stage store", "o:"),
-              ("bare", "bare CRIU dump", "s--"), ("rollback", "crsnap rollback", "^-")]
-    for kind, label, style in styles:
+              ("bare", "bare CRIU dump", "s--")]
+
+    def spread(ax, kind, key, label, style):
         xs, ys, lo, hi = [], [], [], []
         for size in a.sizes:
-            w = [r["longest_wait_ms"] for r in rows if r["size_mib"] == size and r["kind"] == kind and r["longest_wait_ms"]]
+            w = [r[key] for r in rows if r["size_mib"] == size and r["kind"] == kind and r.get(key)]
             if w:
                 m = statistics.median(w)
                 xs.append(size), ys.append(m), lo.append(m - min(w)), hi.append(max(w) - m)
-        ax1.errorbar(xs, ys, yerr=[lo, hi], fmt=style, capsize=3, label=label)
+        ax.errorbar(xs, ys, yerr=[lo, hi], fmt=style, capsize=3, label=label)
+
+    for kind, label, style in styles:
+        spread(ax1, kind, "longest_wait_ms", label, style)
     def axes(ax, ylabel, title):
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
@@ -526,7 +565,12 @@ def chart(rows, a, path):
     ys = [med([r.get("freezing_ms") for r in rows if r["size_mib"] == s and r["kind"] == "bare"]) for s in a.sizes]
     ax2.plot(a.sizes, ys, "s--", label="CRIU freezing (bare dump)")
     axes(ax2, "ms (median)", "where a take's pause goes")
-    fig.suptitle("crsnap take vs a bare CRIU dump vs rollback; redis + %d MiB of files, %d rounds" % (a.files_mib, a.rounds))
+    for kind, label, style in [("rollback", "crsnap rollback", "^-"), ("rollback-lazy", "crsnap rollback --lazy", "v-"),
+                               ("restore-bare", "bare CRIU restore", "s--")]:
+        spread(ax3, kind, "outage_ms", label, style)
+    axes(ax3, "client's outage (ms)", "rollback: stopped until the first correct answer")
+    fig.suptitle("crsnap take vs a bare CRIU dump; rollback vs a bare CRIU restore; redis + %d MiB of files, %d rounds"
+                 % (a.files_mib, a.rounds))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     print("bench-pause: chart: %s" % path, file=sys.stderr)
@@ -567,7 +611,8 @@ def main():
     fields = ["size_mib", "files_mib", "kind", "round", "start_ns", "end_ns", "requests", "longest_wait_ms",
               "correct_after_ms", "pause_ms", "freezing_ms", "frozen_ms", "memdump_ms", "fs_snapshot_ms", "staging_copy_ms",
               "checksum_ms",
-              "total_ms", "pre_rollback_ms", "flush_ms", "kill_ms", "fs_ms", "restore_ms", "peak_rss_kib", "monitor_rss_kib"]
+              "outage_ms", "total_ms", "pre_rollback_ms", "flush_ms", "kill_ms", "fs_ms", "restore_ms", "lazy_pages_ms",
+              "peak_rss_kib", "monitor_rss_kib"]
     with open(a.csv, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
         w.writeheader()

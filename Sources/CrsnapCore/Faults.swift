@@ -47,7 +47,10 @@ import Glibc
 /// Switches (any mode): take.no-reflink makes the capture of unlinked open
 /// files copy their bytes, as on a filesystem that cannot clone;
 /// take.freeze-stuck makes crsnap's freeze never see the cgroup FROZEN, as
-/// with a task that cannot be frozen (the take times out).
+/// with a task that cannot be frozen (the take times out);
+/// monitor.lazy-pages-killed makes the monitor SIGKILL CRIU's lazy-pages
+/// daemon as soon as a lazy restore has returned, before the daemon has
+/// brought all the memory back.
 public enum Faults {
     public enum Action: Equatable {
         case fail, failOnce, enospc, kill, sleep(Int), killAfter(Int)

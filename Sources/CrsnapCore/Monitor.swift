@@ -24,6 +24,9 @@ public final class Monitor {
     var logFd: Int32 = -1
     var listenFd: Int32 = -1
     var logPipe = ""
+    /// A lazy-pages daemon started ahead of a lazy restore of these images
+    /// (while the tasks still ran), for the restore to use.
+    var pendingLazy: (images: String, daemon: LazyPagesDaemon)?
 
     init(container: Container) throws {
         self.container = container
@@ -155,6 +158,19 @@ public final class Monitor {
     }
 
     static let watchdogSeconds = 3.0
+    /// How long a lazy restore's daemon may take to bring all memory back.
+    static let lazyPagesSeconds = 300.0
+
+    /// Starts CRIU's lazy-pages daemon for a restore of `images`, in a fresh
+    /// work directory beside the container's state (its socket cannot be in
+    /// the images directory, whose files are all checksummed; the logs stay
+    /// there until the next lazy restore).
+    func startLazyPages(criu: Criu, images: String) throws -> LazyPagesDaemon {
+        let dir = "\(container.dir)/lazy-pages"
+        try? FileManager.default.removeItem(atPath: dir)
+        try Sys.mkdir(dir, mode: 0o700)
+        return try LazyPagesDaemon(criu: criu, imagesDir: images, workDir: dir)
+    }
     /// How long a restore may wait for a file lock held outside the container.
     static let lockWaitSeconds = 3.0
 
@@ -177,6 +193,7 @@ public final class Monitor {
             holding = true
             return "ok"
         case "release":
+            pendingLazy = nil
             holding = false
             if initPid == 0 { shouldExit = true }
             return "ok"
@@ -191,21 +208,40 @@ public final class Monitor {
             shouldExit = true
             note("container stopped")
             return "ok"
+        case "lazy-pages" where parts.count == 2:
+            // Started before the tree is stopped: its start-up is not part
+            // of the outage.
+            pendingLazy = nil
+            do {
+                if let refusal = refusal(images: parts[1], root: container.rootMount) { return refusal }
+                pendingLazy = (parts[1], try startLazyPages(criu: try Criu.locate(), images: parts[1]))
+                return "ok"
+            } catch {
+                return "err \(error)"
+            }
         case "restore" where parts.count >= 4:
-            return restore(images: parts[1], root: parts[2], pipeKey: parts[3], label: parts.count > 4 ? parts[4] : "")
+            return restore(images: parts[1], root: parts[2], pipeKey: parts[3], label: parts.count > 4 ? parts[4] : "",
+                           lazy: parts.count > 5 && parts[5] == "lazy")
         default:
             return "err unknown request \(parts.first ?? "")"
         }
     }
 
-    func restore(images: String, root: String, pipeKey: String, label: String) -> String {
-        // Restoring images is a trust boundary: only this container's own
-        // snapshots, into its own root.
+    /// Restoring images is a trust boundary: only this container's own
+    /// snapshots, into its own root. The reply refusing anything else.
+    func refusal(images: String, root: String) -> String? {
         let rel = images.hasPrefix(container.snapshotsDir + "/") ? String(images.dropFirst(container.snapshotsDir.count + 1)) : ""
         let parts = rel.split(separator: "/", omittingEmptySubsequences: false)
         guard parts.count == 2, Int(parts[0]) != nil, parts[1] == "images", root == container.rootMount else {
             return "err refusing to restore \(images) into \(root): not a snapshot of container \(container.name) in this store"
         }
+        return nil
+    }
+
+    func restore(images: String, root: String, pipeKey: String, label: String, lazy: Bool) -> String {
+        let pending = pendingLazy
+        pendingLazy = nil
+        if let refusal = refusal(images: images, root: root) { return refusal }
         if initPid != 0 && cgroup.procs().isEmpty {
             // The tree was killed; its init may not have been reaped yet.
             var status: Int32 = 0
@@ -231,18 +267,44 @@ public final class Monitor {
             req.leaveStopped = !locks.isEmpty
             try Faults.check("monitor.restore")
             let r0 = DispatchTime.now()
+            var daemon: LazyPagesDaemon?
+            if lazy, let p = pending, p.images == images, p.daemon.exitStatus() == nil {
+                daemon = p.daemon
+            } else {
+                pending?.daemon.kill()
+                if lazy { daemon = try startLazyPages(criu: criu, images: images) }
+            }
+            if let daemon {
+                req.lazyPages = true
+                req.workDir = daemon.workDir
+            }
             let watch = LockWaitWatch(cgroup: cgroup, patience: Monitor.lockWaitSeconds)
             watch.start()
             let pid: pid_t
             do {
                 pid = try Checkpointer(criu: criu).restore(req, handler: handler) { criuPid in try cg.add(criuPid) }
             } catch {
+                daemon?.kill()
                 let held = watch.stop()
                 if !held.isEmpty { throw CrsnapError(.failed, LockWaitWatch.message(held, patience: Monitor.lockWaitSeconds)) }
                 throw error
             }
             _ = watch.stop()
             let restoreMs = milliseconds(since: r0)
+            // The tree runs (unless stopped for its locks) while the daemon
+            // fills the rest of its memory; it stays ours until every page is in.
+            var lazyMs = 0.0
+            if let daemon {
+                let l0 = DispatchTime.now()
+                if Faults.action(at: "monitor.lazy-pages-killed") != nil { daemon.kill() }
+                let status = daemon.wait(timeout: Monitor.lazyPagesSeconds) { drainOutput() }
+                guard status == 0 else {
+                    daemon.kill()
+                    try? cgroup.killAll()
+                    throw daemon.failure(status: status)
+                }
+                lazyMs = milliseconds(since: l0)
+            }
             var repaired = ""
             var report = LockRepair.Report()
             if req.leaveStopped {
@@ -267,8 +329,9 @@ public final class Monitor {
             initPid = pid
             holding = false
             try writeState(.running)
-            note("restored \(label) (init pid \(pid)\(repaired))")
-            return String(format: "ok %d %d %d %.3f %.3f", pid, report.checked, report.repaired.count, report.milliseconds, restoreMs)
+            note("restored \(label) (init pid \(pid)\(lazy ? String(format: "; memory on demand, all in after %.0f ms", lazyMs) : "")\(repaired))")
+            return String(format: "ok %d %d %d %.3f %.3f %.3f", pid, report.checked, report.repaired.count, report.milliseconds,
+                          restoreMs, lazyMs)
         } catch {
             return "err \(error)"
         }

@@ -32,6 +32,9 @@ public struct RollbackStats: Codable, Equatable {
     /// CRIU's restore as the monitor timed it (the processes restored, not
     /// yet running).
     public var restore_ms = 0.0
+    /// With --lazy: from the end of CRIU's restore (the tasks run) until the
+    /// lazy-pages daemon had put every page of their memory back; 0 without.
+    public var lazy_pages_ms = 0.0
     /// File locks of the snapshot checked in the restored tree, those taken
     /// again inside their processes, and the time that took (0 when the
     /// snapshot holds no lock; see docs/design.md, "File locks").
@@ -40,7 +43,7 @@ public struct RollbackStats: Codable, Equatable {
     public var lock_repair_ms = 0.0
 }
 
-/// The monitor's answer to a restore: "ok PID [CHECKED REPAIRED REPAIR_MS RESTORE_MS]".
+/// The monitor's answer to a restore: "ok PID [CHECKED REPAIRED REPAIR_MS RESTORE_MS [LAZY_MS]]".
 struct Restored {
     var pid: pid_t
     var stats = RollbackStats()
@@ -55,6 +58,7 @@ struct Restored {
             stats.locks_repaired = repaired
             stats.lock_repair_ms = ms
         }
+        if w.count >= 7, let lazy = Double(w[6]) { stats.lazy_pages_ms = lazy }
     }
 }
 
@@ -82,34 +86,37 @@ public enum Rollback {
     /// Rolls back to `id`. A running container is first checkpointed (a
     /// "pre-rollback" snapshot), so the rollback can be undone and, should the
     /// restore fail, the state it replaced comes back.
-    public static func rollback(store: Store, id: SnapshotID, preSnapshot: Bool = true) throws -> RollbackResult {
+    /// With `lazy` the processes run as soon as CRIU has restored them, their
+    /// memory coming back on demand (see `LazyPagesDaemon`); the rollback
+    /// returns once all of it is back.
+    public static func rollback(store: Store, id: SnapshotID, preSnapshot: Bool = true, lazy: Bool = false) throws -> RollbackResult {
         try Container.locked(store: store, name: id.container) { c in
-            return try rollbackLocked(c, id.number, preSnapshot: preSnapshot)
+            return try rollbackLocked(c, id.number, preSnapshot: preSnapshot, lazy: lazy)
         }
     }
 
     /// Goes back to the state the last rollback replaced.
-    public static func undo(store: Store, name: String) throws -> RollbackResult {
+    public static func undo(store: Store, name: String, lazy: Bool = false) throws -> RollbackResult {
         try Container.locked(store: store, name: name) { c in
             guard let n = Undo.needed(c) else {
                 throw CrsnapError(.notFound, "container \"\(name)\" has no rollback to undo (none recorded, or its pre-rollback snapshot was deleted)")
             }
-            return try rollbackLocked(c, n, preSnapshot: true)
+            return try rollbackLocked(c, n, preSnapshot: true, lazy: lazy)
         }
     }
 
     /// Brings a stopped container back from its newest snapshot (after `take --stop`, or a reboot).
-    public static func resume(store: Store, name: String) throws -> RollbackResult {
+    public static func resume(store: Store, name: String, lazy: Bool = false) throws -> RollbackResult {
         try Container.locked(store: store, name: name) { c in
             if c.isRunning { throw CrsnapError(.conflict, "container \"\(name)\" is running; resume is for a stopped container") }
             guard let n = c.snapshotNumbers().last else {
                 throw CrsnapError(.notFound, "container \"\(name)\" has no snapshot to resume from")
             }
-            return try rollbackLocked(c, n, preSnapshot: false)
+            return try rollbackLocked(c, n, preSnapshot: false, lazy: lazy)
         }
     }
 
-    static func rollbackLocked(_ c: Container, _ n: Int, preSnapshot: Bool) throws -> RollbackResult {
+    static func rollbackLocked(_ c: Container, _ n: Int, preSnapshot: Bool, lazy: Bool) throws -> RollbackResult {
         let id = "\(c.name)@\(n)"
         let started = DispatchTime.now()
         var preMs = 0.0, cloneMs = 0.0
@@ -150,7 +157,7 @@ public enum Rollback {
 
         // Stop the tree, swap the volume, restore.
         do {
-            let restored = try stopAndRestore(c, n, faults: true)
+            let restored = try stopAndRestore(c, n, faults: true, lazy: lazy)
             try? JSON.write(Undo.Record(preRollback: pre, target: n, at: Date()), to: Undo.path(c))
             var stats = restored.stats
             stats.pre_rollback_ms = preMs
@@ -173,7 +180,8 @@ public enum Rollback {
                 // hold it again, or start an idle one.
                 try holdMonitor(c, revert: Revert())
                 try cloneSnapshot(c, pre)
-                _ = try stopAndRestore(c, pre, faults: false)
+                // Eager: the way back must not depend on what just failed.
+                _ = try stopAndRestore(c, pre, faults: false, lazy: false)
                 back = nil
             } catch let second {
                 back = second
@@ -189,7 +197,7 @@ public enum Rollback {
     /// With the journal written and the clone at fs.next: kill the tree, swap
     /// the volumes, have the monitor restore. Undone on failure (the previous
     /// volume back in place, the clone deleted, the journal ended).
-    static func stopAndRestore(_ c: Container, _ n: Int, faults: Bool) throws -> Restored {
+    static func stopAndRestore(_ c: Container, _ n: Int, faults: Bool, lazy: Bool) throws -> Restored {
         let backend = c.store.backend
         let revert = Revert()
         revert.push("end journal") { try Sys.unlink(c.journalPath) }
@@ -202,11 +210,19 @@ public enum Rollback {
             let f = DispatchTime.now()
             try Sys.syncfs(c.volume)
             let flushMs = milliseconds(since: f)
+            if lazy {
+                // The monitor starts CRIU's lazy-pages daemon while the tasks
+                // still run (~50 ms here); the restore uses it.
+                let reply = try MonitorChannel.request(dir: c.dir, "lazy-pages\n\(c.snapshotDir(n))/images")
+                guard reply == "ok" else {
+                    throw CrsnapError(.failed, reply.hasPrefix("err ") ? String(reply.dropFirst(4)) : "the monitor answered: \(reply)")
+                }
+            }
             let t = DispatchTime.now()
             try c.cgroup().killAll()
             let killMs = milliseconds(since: t)
             if faults { try Faults.check("rollback.killed") }
-            var restored = try swapAndRestore(c, n, revert: revert, faults: faults)
+            var restored = try swapAndRestore(c, n, revert: revert, faults: faults, lazy: lazy)
             restored.stats.kill_ms = killMs
             restored.stats.flush_ms = flushMs
             return restored
@@ -270,7 +286,7 @@ public enum Rollback {
     /// snapshotted with the snapshot go back too, the root is mounted and the
     /// monitor restores the tree; then what was replaced is deleted and the
     /// journal ended. Undone by `revert` on failure.
-    static func swapAndRestore(_ c: Container, _ n: Int, revert: Revert, faults: Bool = true) throws -> Restored {
+    static func swapAndRestore(_ c: Container, _ n: Int, revert: Revert, faults: Bool = true, lazy: Bool = false) throws -> Restored {
         let backend = c.store.backend
         let config = try c.config()
         let m = try c.manifest(n)
@@ -307,7 +323,7 @@ public enum Rollback {
         revert.push("unmount the new root") { try unmountRoot(c) }
         let fsMs = milliseconds(since: t)
         try fault("rollback.restore")
-        let request = ["restore", "\(snapDir)/images", c.rootMount, m.log_pipe, m.id].joined(separator: "\n")
+        let request = ["restore", "\(snapDir)/images", c.rootMount, m.log_pipe, m.id, lazy ? "lazy" : "eager"].joined(separator: "\n")
         let reply = try MonitorChannel.request(dir: c.dir, request, afterSend: { try fault("rollback.restoring") })
         guard var restored = Restored(reply: reply) else {
             // The caller says what was being done: the monitor's own words.
@@ -322,4 +338,31 @@ public enum Rollback {
     }
 
     static func unmountRoot(_ c: Container) throws { try Mounts.unmountOrDetach(c.rootMount) }
+}
+
+/// The baseline Scripts/bench-pause compares rollback against: the
+/// container's tasks killed and a snapshot's images restored by CRIU into
+/// the root as it is, by the container's monitor like a rollback's restore,
+/// with nothing of a rollback around it (no verification, no pre-rollback
+/// snapshot, no files put back). Only for a service whose state lives in
+/// memory alone (the benchmark's redis); nothing is recorded in the store.
+public enum BareRestore {
+    public static func restore(store: Store, id: SnapshotID) throws -> RollbackStats {
+        try Container.locked(store: store, name: id.container) { c in
+            let m = try c.manifest(id.number)
+            try Rollback.holdMonitor(c, revert: Revert())
+            let t = DispatchTime.now()
+            try c.cgroup().killAll()
+            let killMs = milliseconds(since: t)
+            let request = ["restore", "\(c.snapshotDir(id.number))/images", c.rootMount, m.log_pipe, m.id, "eager"]
+            let reply = try MonitorChannel.request(dir: c.dir, request.joined(separator: "\n"))
+            guard var restored = Restored(reply: reply) else {
+                _ = try? MonitorChannel.request(dir: c.dir, "release")
+                throw CrsnapError(.failed, "bare restore of \(id) failed: \(reply)")
+            }
+            restored.stats.kill_ms = killMs
+            restored.stats.total_ms = milliseconds(since: t)
+            return restored.stats
+        }
+    }
 }

@@ -40,6 +40,12 @@ public struct RestoreRequest {
     /// Leave the restored processes stopped (SIGSTOP) for the caller to
     /// mend and resume (see `StoppedTree`).
     public var leaveStopped = false
+    /// Restore private anonymous memory on demand through a
+    /// `LazyPagesDaemon` started on the same images and `workDir`.
+    public var lazyPages = false
+    /// CRIU's working directory (its log, the lazy-pages socket); the images
+    /// directory when nil.
+    public var workDir: String?
 
     public init(imagesDir: String, root: String) {
         self.imagesDir = imagesDir
@@ -128,6 +134,13 @@ public struct Checkpointer {
         let dirFd = try Sys.open(r.imagesDir, O_RDONLY | O_DIRECTORY)
         defer { Sys.close(dirFd) }
         var o = Checkpointer.commonOptions(imagesDirFd: dirFd)
+        var workFd: Int32 = -1
+        defer { if workFd >= 0 { Sys.close(workFd) } }
+        if let dir = r.workDir {
+            workFd = try Sys.open(dir, O_RDONLY | O_DIRECTORY)
+            o.workDirFd = workFd
+        }
+        o.lazyPages = r.lazyPages
         o.logFile = Checkpointer.restoreLog
         o.root = r.root
         o.rstSibling = true
@@ -149,7 +162,7 @@ public struct Checkpointer {
         let client = CriuClient(transport: swrk)
         defer { client.close() }
         try prepare(swrk.pid)
-        let resp = try client.call(req, handler: handler, logPath: "\(r.imagesDir)/\(Checkpointer.restoreLog)")
+        let resp = try client.call(req, handler: handler, logPath: "\(r.workDir ?? r.imagesDir)/\(Checkpointer.restoreLog)")
         return resp.restore.pid
     }
 

@@ -26,7 +26,7 @@ struct Crsnap: ParsableCommand {
             GuardCommand.self, DiffCommand.self, PruneCommand.self, ResumeCommand.self,
             ExecCommand.self, LogsCommand.self, StopCommand.self, RmCommand.self, DeleteCommand.self,
             CompletionCommand.self,
-            VerifyCommand.self, DoctorCommand.self, InitCommand.self, MonitorCommand.self, BenchDumpCommand.self,
+            VerifyCommand.self, DoctorCommand.self, InitCommand.self, MonitorCommand.self, BenchDumpCommand.self, BenchRestoreCommand.self,
         ]
     )
 }

@@ -116,3 +116,18 @@ struct BenchDumpCommand: ParsableCommand {
         }
     }
 }
+
+/// For Scripts/bench-pause: kill a container's tasks and restore a
+/// snapshot's images with CRIU, nothing else (see `BareRestore`).
+struct BenchRestoreCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "_bench-restore", shouldDisplay: false)
+
+    @OptionGroup var storeOptions: StoreOptions
+    @Argument var id: String
+
+    func run() throws {
+        try reporting {
+            try printJSON(try BareRestore.restore(store: try storeOptions.openExisting(), id: try SnapshotID(parsing: id)))
+        }
+    }
+}

@@ -17,6 +17,13 @@ struct RollbackCommand: ParsableCommand {
         The replaced volume is kept until the restore has succeeded. If the
         restore fails, the pre-rollback state is restored instead.
         Works on a stopped container too.
+
+        With --lazy the processes run as soon as CRIU has restored them, before
+        their memory is back: CRIU's lazy-pages daemon (userfaultfd) brings a
+        page back when a process touches it and the rest in the background, so
+        a large service answers sooner. rollback returns once every page is
+        back; should the daemon end before that, the restored processes are
+        killed and the pre-rollback state is restored (eagerly).
         """
     )
 
@@ -25,7 +32,9 @@ struct RollbackCommand: ParsableCommand {
     var undo = false
     @Flag(help: "Do not take the pre-rollback snapshot (faster; the rollback cannot be undone).")
     var noPreSnapshot = false
-    @Flag(help: "Print JSON: id, pid, pre_rollback, stats (total_ms; pre_rollback_ms, the snapshot of the state replaced; flush_ms, writing the store's dirty data back while the tasks still run; kill_ms, stopping the tasks; fs_ms, the snapshot's files put in place; restore_ms, CRIU's restore; locks_checked, locks_repaired, lock_repair_ms).") var json = false
+    @Flag(help: "Restore the processes' memory on demand (CRIU lazy pages): they run before all of it is back.")
+    var lazy = false
+    @Flag(help: "Print JSON: id, pid, pre_rollback, stats (total_ms; pre_rollback_ms, the snapshot of the state replaced; flush_ms, writing the store's dirty data back while the tasks still run; kill_ms, stopping the tasks; fs_ms, the snapshot's files put in place; restore_ms, CRIU's restore; lazy_pages_ms, with --lazy the time the tasks ran before all their memory was back; locks_checked, locks_repaired, lock_repair_ms).") var json = false
     @Argument(help: ArgumentHelp("Snapshot id NAME@N (with --undo: the container NAME).", valueName: "target"))
     var target: String
 
@@ -35,10 +44,10 @@ struct RollbackCommand: ParsableCommand {
             let r: RollbackResult
             if undo {
                 try Names.validate(target)
-                r = try Rollback.undo(store: try store(), name: target)
+                r = try Rollback.undo(store: try store(), name: target, lazy: lazy)
             } else {
                 let sid = try SnapshotID(parsing: target)
-                r = try Rollback.rollback(store: try store(), id: sid, preSnapshot: !noPreSnapshot)
+                r = try Rollback.rollback(store: try store(), id: sid, preSnapshot: !noPreSnapshot, lazy: lazy)
             }
             if let pre = r.pre_rollback { Progress.note("replaced state kept as \(pre) (crsnap rollback --undo to return)") }
             if json { try printJSON(r) }
@@ -52,12 +61,14 @@ struct ResumeCommand: ParsableCommand {
         abstract: "Bring a stopped container back from its newest snapshot (after take --stop or a reboot).")
 
     @OptionGroup var storeOptions: StoreOptions
+    @Flag(help: "Restore the processes' memory on demand (CRIU lazy pages), as rollback --lazy.")
+    var lazy = false
     @Argument(help: "Container name.") var name: String
 
     func run() throws {
         try reporting {
             try Names.validate(name)
-            let r = try Rollback.resume(store: try storeOptions.openExisting(), name: name)
+            let r = try Rollback.resume(store: try storeOptions.openExisting(), name: name, lazy: lazy)
             Progress.note("resumed \(name) from \(r.id)")
         }
     }

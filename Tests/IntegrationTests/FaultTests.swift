@@ -108,6 +108,8 @@ final class FaultTests: ReliabilityCase {
         for images in asks {
             let reply = try monitorRequest(c, ["restore", images, root, "", "foreign"].joined(separator: "\n"))
             XCTAssertTrue(reply.hasPrefix("err refusing to restore"), "\(images): \(reply)")
+            let lazy = try monitorRequest(c, "lazy-pages\n\(images)")
+            XCTAssertTrue(lazy.hasPrefix("err refusing to restore"), "lazy pages for \(images): \(lazy)")
         }
         let reply = try monitorRequest(c, ["restore", "\(c.dir)/snapshots/1/images", "/", "", "x"].joined(separator: "\n"))
         XCTAssertTrue(reply.hasPrefix("err refusing to restore"), "another root: \(reply)")

@@ -19,10 +19,11 @@ class ReliabilityCase: XCTestCase {
     }
 
     /// `env` is crsnap's own environment for `run` (and so its monitor's).
-    func startCounter(_ prefix: String, unlinkedMiB: Int = 8, store: String? = Env.store,
+    func startCounter(_ prefix: String, unlinkedMiB: Int = 8, memoryMiB: Int = 0, store: String? = Env.store,
                       env: [String: String] = [:]) throws -> TestContainer {
         let name = uniqueName(prefix)
-        let r = try crsnap(["run", name, "--env", "UNLINKED_MIB=\(unlinkedMiB)", "--", "python3", "-c", workloadSource],
+        let r = try crsnap(["run", name, "--env", "UNLINKED_MIB=\(unlinkedMiB)", "--env", "MEMORY_MIB=\(memoryMiB)",
+                            "--", "python3", "-c", workloadSource],
                            env: env, store: store)
         XCTAssertEqual(r.status, 0, "run \(name): \(r.stderr)")
         if r.status != 0 { throw XCTSkip("cannot start \(name)") }
