@@ -16,6 +16,7 @@
 #include <sys/wait.h>
 #include <linux/close_range.h>
 #include <linux/fs.h>
+#include <linux/userfaultfd.h>
 #include <sys/ioctl.h>
 
 extern char **environ;
@@ -293,4 +294,19 @@ int crsnap_pipe2(int fds[2], int flags) {
 
 int crsnap_ficlone(int dst, int src) {
     return ioctl(dst, FICLONE, src);
+}
+
+int crsnap_pidfd_open(pid_t pid) {
+    return (int)syscall(SYS_pidfd_open, pid, 0);
+}
+
+int crsnap_uffd_wake(int pidfd, int fd, unsigned long long start, unsigned long long len) {
+    int uffd = (int)syscall(SYS_pidfd_getfd, pidfd, fd, 0);
+    if (uffd < 0) return -1;
+    struct uffdio_range range = { .start = start, .len = len };
+    int rc = ioctl(uffd, UFFDIO_WAKE, &range);
+    int saved = errno;
+    close(uffd);
+    errno = saved;
+    return rc;
 }

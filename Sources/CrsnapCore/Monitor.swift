@@ -297,7 +297,10 @@ public final class Monitor {
             if let daemon {
                 let l0 = DispatchTime.now()
                 if Faults.action(at: "monitor.lazy-pages-killed") != nil { daemon.kill() }
-                let status = daemon.wait(timeout: Monitor.lazyPagesSeconds) { drainOutput() }
+                let status = daemon.wait(timeout: Monitor.lazyPagesSeconds) {
+                    drainOutput()
+                    daemon.wakeWaiters()
+                }
                 guard status == 0 else {
                     daemon.kill()
                     try? cgroup.killAll()

@@ -131,7 +131,7 @@ public final class CriuSwrk: CriuTransport {
         defer { Sys.close(null) }
         let fdmap: [Int32] = [null, null, stderrFd >= 0 ? stderrFd : null, sv[1]] + extraFds
         let pid = Program.spawn(path: binary, argv: [binary, "swrk", "3"],
-                                env: ["PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
+                                env: Criu.environment,
                                 fdmap: fdmap, newSession: false)
         let spawnErrno = Glibc.errno
         Sys.close(sv[1])
@@ -212,6 +212,8 @@ public struct CriuVersionInfo: CustomStringConvertible, Comparable {
 /// Where CRIU is and what it says about itself.
 public struct Criu {
     public let binary: String
+    /// The environment every CRIU process crsnap starts gets: a PATH, nothing else.
+    public static let environment = ["PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]
 
     public init(binary: String) { self.binary = binary }
 

@@ -1,5 +1,8 @@
 import Foundation
 import XCTest
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// `rollback --lazy`: CRIU restores the processes with their private memory
 /// left to its lazy-pages daemon (userfaultfd), which brings pages back as
@@ -42,6 +45,21 @@ final class LazyRollbackTests: ReliabilityCase {
         try crsnapOK(["take", "--stop", c.name])
         try crsnapOK(["resume", "--lazy", c.name])
         try assertHealthy(c, "after resume --lazy")
+    }
+
+    /// crsnap killed while the monitor restores lazily (the restore or the
+    /// daemon's filling, whichever it is in 150 ms after the request): the
+    /// monitor goes on to the end, and the next command finishes the rollback.
+    func testCrsnapKilledInsideALazyRollback() throws {
+        let c = try startCounter("it-lazy-crash", memoryMiB: 256)
+        let id = try crsnapOK(["take", c.name]).trimmingCharacters(in: .whitespacesAndNewlines)
+        let pids = c.namespacePids
+        let r = try crsnap(["rollback", "--lazy", id], env: ["CRSNAP_FAULT": "killafter=150:rollback.restoring"])
+        XCTAssertEqual(r.status, 128 + SIGKILL, "crsnap was killed: \(r.stderr)")
+        let repair = try crsnap(["doctor", "--repair", c.name])
+        XCTAssertEqual(repair.status, 0, repair.stderr)
+        try assertHealthy(c, "after crsnap was killed inside a lazy rollback")
+        XCTAssertEqual(c.namespacePids, pids)
     }
 
     /// The daemon dies (SIGKILLed by the monitor, a test switch) before all

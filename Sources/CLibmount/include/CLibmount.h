@@ -74,4 +74,12 @@ int crsnap_close_range_from(int first);
 /// filesystem). 0 or -1 (errno: EXDEV, EOPNOTSUPP, EINVAL where it cannot).
 int crsnap_ficlone(int dst, int src);
 
+/// A pidfd for `pid` (pidfd_open). -1 (errno) where it cannot.
+int crsnap_pidfd_open(pid_t pid);
+
+/// UFFDIO_WAKE of [start, start+len) on the userfaultfd that process
+/// `pidfd` has open as `fd` (taken with pidfd_getfd, closed again): threads
+/// waiting on a fault there retry it. 0 or -1 (errno).
+int crsnap_uffd_wake(int pidfd, int fd, unsigned long long start, unsigned long long len);
+
 #endif
