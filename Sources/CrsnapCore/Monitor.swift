@@ -160,6 +160,8 @@ public final class Monitor {
     static let watchdogSeconds = 3.0
     /// How long a lazy restore's daemon may take to bring all memory back.
     static let lazyPagesSeconds = 300.0
+    /// How long a restore may wait for a file lock held outside the container.
+    static let lockWaitSeconds = 3.0
 
     /// Starts CRIU's lazy-pages daemon for a restore of `images`, in a fresh
     /// work directory beside the container's state (its socket cannot be in
@@ -171,8 +173,6 @@ public final class Monitor {
         try Sys.mkdir(dir, mode: 0o700)
         return try LazyPagesDaemon(criu: criu, imagesDir: images, workDir: dir)
     }
-    /// How long a restore may wait for a file lock held outside the container.
-    static let lockWaitSeconds = 3.0
 
     func serveOne() {
         let client = accept(listenFd, nil, nil)
