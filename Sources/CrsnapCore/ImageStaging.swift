@@ -49,12 +49,8 @@ public enum ImageStaging {
 
     /// RssAnon + RssShmem of `pid` in bytes (/proc/PID/status).
     public static func dumpedMemory(_ pid: pid_t) -> UInt64? {
-        guard let text = try? Sys.readText("/proc/\(pid)/status") else { return nil }
-        var kib: UInt64 = 0
-        for line in text.split(separator: "\n") where line.hasPrefix("RssAnon:") || line.hasPrefix("RssShmem:") {
-            kib += line.split(separator: " ").compactMap { UInt64($0) }.first ?? 0
-        }
-        return kib * 1024
+        guard let status = Proc.status(pid) else { return nil }
+        return (Proc.bytesField("RssAnon", in: status) ?? 0) + (Proc.bytesField("RssShmem", in: status) ?? 0)
     }
 
     /// Why memory cannot hold `plan` now, or nil: the machine must keep
@@ -73,13 +69,7 @@ public enum ImageStaging {
     /// MemAvailable and MemTotal in bytes.
     public static func meminfo() -> (available: UInt64?, total: UInt64) {
         let text = (try? Sys.readText("/proc/meminfo")) ?? ""
-        func field(_ name: String) -> UInt64? {
-            for line in text.split(separator: "\n") where line.hasPrefix(name + ":") {
-                return line.split(separator: " ").compactMap { UInt64($0) }.first.map { $0 * 1024 }
-            }
-            return nil
-        }
-        return (field("MemAvailable"), field("MemTotal") ?? 0)
+        return (Proc.bytesField("MemAvailable", in: text), Proc.bytesField("MemTotal", in: text) ?? 0)
     }
 
     /// Mounts a tmpfs limited to `limit` bytes on the (empty) directory `dir`.

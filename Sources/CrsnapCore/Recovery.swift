@@ -154,11 +154,8 @@ enum Recovery {
     /// True when a task of the cgroup is ptrace-attached (CRIU has seized it).
     static func traced(_ cg: FreezerCgroup) -> Bool {
         cg.procs().contains { pid in
-            guard let status = try? Sys.readText("/proc/\(pid)/status") else { return false }
-            for line in status.split(separator: "\n") where line.hasPrefix("TracerPid:") {
-                return Int(line.dropFirst(10).trimmingCharacters(in: .whitespaces)) ?? 0 != 0
-            }
-            return false
+            guard let status = Proc.status(pid), let tracer = Proc.field("TracerPid", in: status) else { return false }
+            return Int(tracer.trimmingCharacters(in: .whitespaces)) ?? 0 != 0
         }
     }
 

@@ -59,13 +59,29 @@ public enum Proc {
         }
     }
 
+    /// The value of `key` in a /proc file of "Key:   value" lines
+    /// (/proc/PID/status, /proc/meminfo), without the blanks before it.
+    public static func field(_ key: String, in text: String) -> Substring? {
+        for line in text.split(separator: "\n") where line.hasPrefix(key) && line.dropFirst(key.count).first == ":" {
+            return line.dropFirst(key.count + 1).drop(while: { $0 == " " || $0 == "\t" })
+        }
+        return nil
+    }
+
+    /// A "N kB" value of such a file, in bytes.
+    public static func bytesField(_ key: String, in text: String) -> UInt64? {
+        field(key, in: text)?.split(separator: " ").first.flatMap { UInt64($0) }.map { $0 * 1024 }
+    }
+
+    /// /proc/PID/status, nil when there is no such process.
+    public static func status(_ pid: pid_t) -> String? {
+        try? Sys.readText("/proc/\(pid)/status")
+    }
+
     /// The pids of `pid` in each nested pid namespace, outermost first (NSpid).
     public static func nsPids(_ pid: pid_t) -> [pid_t] {
-        guard let status = try? Sys.readText("/proc/\(pid)/status") else { return [] }
-        for line in status.split(separator: "\n") where line.hasPrefix("NSpid:") {
-            return line.dropFirst(6).split(whereSeparator: { $0 == " " || $0 == "\t" }).compactMap { pid_t($0) }
-        }
-        return []
+        guard let status = status(pid), let v = field("NSpid", in: status) else { return [] }
+        return v.split(whereSeparator: { $0 == " " || $0 == "\t" }).compactMap { pid_t($0) }
     }
 
     /// The "pipe:[inode]" name of an fd, as CRIU names it in inherit_fd keys.
@@ -82,11 +98,8 @@ public enum Proc {
     }
 
     public static func capabilityEffective() -> UInt64? {
-        guard let status = try? Sys.readText("/proc/self/status") else { return nil }
-        for line in status.split(separator: "\n") where line.hasPrefix("CapEff:") {
-            return UInt64(line.dropFirst(7).trimmingCharacters(in: .whitespaces), radix: 16)
-        }
-        return nil
+        guard let status = try? Sys.readText("/proc/self/status"), let v = field("CapEff", in: status) else { return nil }
+        return UInt64(v.trimmingCharacters(in: .whitespaces), radix: 16)
     }
 }
 
