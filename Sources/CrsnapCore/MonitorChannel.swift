@@ -61,6 +61,12 @@ enum MonitorChannel {
         return try receiveMessage(fd)
     }
 
+    /// What a reply that is not the one asked for says: the monitor's own
+    /// words ("err WORDS"), or the reply itself.
+    static func words(_ reply: String) -> String {
+        reply.hasPrefix("err ") ? String(reply.dropFirst(4)) : "the monitor answered: \(reply)"
+    }
+
     static func sendMessage(_ fd: Int32, _ text: String) throws {
         let bytes = Array(text.utf8)
         let n = bytes.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }

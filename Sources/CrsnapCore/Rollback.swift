@@ -214,9 +214,7 @@ public enum Rollback {
                 // The monitor starts CRIU's lazy-pages daemon while the tasks
                 // still run (~50 ms here); the restore uses it.
                 let reply = try MonitorChannel.request(dir: c.dir, "lazy-pages\n\(c.snapshotDir(n))/images")
-                guard reply == "ok" else {
-                    throw CrsnapError(.failed, reply.hasPrefix("err ") ? String(reply.dropFirst(4)) : "the monitor answered: \(reply)")
-                }
+                guard reply == "ok" else { throw CrsnapError(.failed, MonitorChannel.words(reply)) }
             }
             let t = DispatchTime.now()
             try c.cgroup().killAll()
@@ -323,11 +321,11 @@ public enum Rollback {
         revert.push("unmount the new root") { try unmountRoot(c) }
         let fsMs = milliseconds(since: t)
         try fault("rollback.restore")
-        let request = ["restore", "\(snapDir)/images", c.rootMount, m.log_pipe, m.id, lazy ? "lazy" : "eager"].joined(separator: "\n")
-        let reply = try MonitorChannel.request(dir: c.dir, request, afterSend: { try fault("rollback.restoring") })
+        let reply = try MonitorChannel.request(dir: c.dir, restoreRequest(c, n, m, lazy: lazy),
+                                               afterSend: { try fault("rollback.restoring") })
         guard var restored = Restored(reply: reply) else {
             // The caller says what was being done: the monitor's own words.
-            throw CrsnapError(.failed, reply.hasPrefix("err ") ? String(reply.dropFirst(4)) : "the monitor answered: \(reply)")
+            throw CrsnapError(.failed, MonitorChannel.words(reply))
         }
         restored.stats.fs_ms = fsMs
         try fault("rollback.restored")
@@ -338,6 +336,13 @@ public enum Rollback {
     }
 
     static func unmountRoot(_ c: Container) throws { try Mounts.unmountOrDetach(c.rootMount) }
+
+    /// The monitor's request to restore snapshot `n` (manifest `m`) into the
+    /// container's root: its images, the output pipe they name, a label for
+    /// the log, eager or lazy.
+    static func restoreRequest(_ c: Container, _ n: Int, _ m: Manifest, lazy: Bool) -> String {
+        ["restore", "\(c.snapshotDir(n))/images", c.rootMount, m.log_pipe, m.id, lazy ? "lazy" : "eager"].joined(separator: "\n")
+    }
 }
 
 /// The baseline Scripts/bench-pause compares rollback against: the
@@ -354,11 +359,10 @@ public enum BareRestore {
             let t = DispatchTime.now()
             try c.cgroup().killAll()
             let killMs = milliseconds(since: t)
-            let request = ["restore", "\(c.snapshotDir(id.number))/images", c.rootMount, m.log_pipe, m.id, "eager"]
-            let reply = try MonitorChannel.request(dir: c.dir, request.joined(separator: "\n"))
+            let reply = try MonitorChannel.request(dir: c.dir, Rollback.restoreRequest(c, id.number, m, lazy: false))
             guard var restored = Restored(reply: reply) else {
                 _ = try? MonitorChannel.request(dir: c.dir, "release")
-                throw CrsnapError(.failed, "bare restore of \(id) failed: \(reply)")
+                throw CrsnapError(.failed, "bare restore of \(id) failed: \(MonitorChannel.words(reply))")
             }
             restored.stats.kill_ms = killMs
             restored.stats.total_ms = milliseconds(since: t)
