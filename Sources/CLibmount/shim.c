@@ -190,7 +190,8 @@ static void exec_fail(const char *what) {
     _exit(127);
 }
 
-pid_t crsnap_exec_in(pid_t target, const char *const argv[], const char *const envp[]) {
+pid_t crsnap_exec_in(pid_t target, const char *const argv[], const char *const envp[],
+                     int in_fd, int out_fd, int die_with_helper) {
     pid_t helper = fork();
     if (helper != 0) return helper;
 
@@ -211,6 +212,12 @@ pid_t crsnap_exec_in(pid_t target, const char *const argv[], const char *const e
     pid_t child = fork();
     if (child < 0) exec_fail("fork");
     if (child == 0) {
+        // The helper is outside this pid namespace, so getppid() is 0 here
+        // and cannot tell whether it already died: a caller kills it only
+        // long after the start.
+        if (die_with_helper && prctl(PR_SET_PDEATHSIG, SIGKILL) != 0) exec_fail("prctl");
+        if (in_fd >= 0 && dup2(in_fd, 0) < 0) exec_fail("dup2 stdin");
+        if (out_fd >= 0 && dup2(out_fd, 1) < 0) exec_fail("dup2 stdout");
         if (chdir("/") != 0) exec_fail("chdir");
         environ = (char **)envp;
         execvp(argv[0], (char *const *)argv);

@@ -6,16 +6,38 @@ import Glibc
 #endif
 
 /// guard: a pre snapshot, a command, and either a post snapshot paired with
-/// the pre (the command succeeded) or a rollback to the pre (it failed).
+/// the pre (the command succeeded, and the health check if one was given)
+/// or a rollback to the pre (either failed).
 public enum Guard {
     public struct Outcome: Codable {
         public var pre: String
         public var post: String?
+        /// crsnap's exit status: 0, the command's status, the check's, or
+        /// 124 when the check ran out of time.
         public var status: Int32
         public var rolled_back: Bool
+        /// What failed: "command", "check", or nil.
+        public var failed: String?
+        /// The check's exit status; nil without a check, when it did not run
+        /// or when it ran out of time.
+        public var check_status: Int32?
+        public var check_timed_out: Bool
     }
 
-    public static func run(store: Store, name: String, tag: String?, inside: Bool, command: [String]) throws -> Outcome {
+    /// `--check EXECUTABLE`: run with no arguments after the command
+    /// succeeded, where the command ran, for at most `timeout` seconds.
+    public struct Check {
+        public var executable: String
+        public var timeout: Double
+        public static let defaultTimeout = 60.0
+        public init(executable: String, timeout: Double = defaultTimeout) {
+            self.executable = executable
+            self.timeout = timeout
+        }
+    }
+
+    public static func run(store: Store, name: String, tag: String?, inside: Bool, command: [String],
+                           check: Check? = nil) throws -> Outcome {
         guard let first = command.first, !first.isEmpty else {
             throw CrsnapError(.usage, "no command given: use crsnap guard NAME -- CMD [ARG...]")
         }
@@ -26,6 +48,7 @@ public enum Guard {
         }
         let c = try Container(store: store, name: name)
         _ = try c.runningInit()
+        let checkPath = try check.map { try resolve($0, in: c, inside: inside) }
         let pre = try Take.take(store: store, name: name, TakeOptions(tag: tag, role: .pre))
         Progress.note("guard: pre snapshot \(pre.id)")
 
@@ -38,14 +61,80 @@ public enum Guard {
             guard pid > 0 else { throw SystemError("exec", first, errno: errno) }
             status = Program.wait(pid)
         }
+        var outcome = Outcome(pre: pre.id, post: nil, status: status, rolled_back: false, failed: nil,
+                              check_status: nil, check_timed_out: false)
         if status != 0 {
             Progress.warn("guard: \(command.joined(separator: " ")) exited with status \(status); rolling back to \(pre.id)")
+            outcome.failed = "command"
+        } else if let check, let checkPath {
+            let result = try runCheck(check, path: checkPath, in: c, inside: inside)
+            outcome.check_status = result
+            if result != 0 {
+                outcome.failed = "check"
+                outcome.check_timed_out = result == nil
+                outcome.status = result ?? 124
+                let why = result.map { "exited with status \($0)" } ?? "did not finish within \(String(format: "%g", check.timeout)) s (killed)"
+                Progress.warn("guard: the check \(check.executable) \(why); rolling back to \(pre.id)")
+            }
+        }
+        if outcome.failed != nil {
             _ = try Rollback.rollback(store: store, id: SnapshotID(container: name, number: pre.number))
-            return Outcome(pre: pre.id, post: nil, status: status, rolled_back: true)
+            outcome.rolled_back = true
+            return outcome
         }
         let post = try Take.take(store: store, name: name, TakeOptions(tag: tag, role: .post, pair: pre.number))
         Progress.note("guard: post snapshot \(post.id)")
-        return Outcome(pre: pre.id, post: post.id, status: 0, rolled_back: false)
+        outcome.post = post.id
+        return outcome
+    }
+
+    /// Where the check is, found before anything is changed: on the host in
+    /// PATH, or inside the container's root in the container's PATH.
+    static func resolve(_ check: Check, in c: Container, inside: Bool) throws -> String {
+        let x = check.executable
+        guard check.timeout > 0, check.timeout.isFinite else {
+            throw CrsnapError(.usage, "invalid --check-timeout \(check.timeout): expected a number of seconds above 0; nothing was changed")
+        }
+        guard !x.isEmpty, !x.contains("\0") else { throw CrsnapError(.usage, "invalid --check: empty; nothing was changed") }
+        if !inside {
+            guard let path = Program.find(x) else {
+                throw CrsnapError(.usage, "invalid --check \"\(x)\": no such executable on the host (in PATH); nothing was changed")
+            }
+            return path
+        }
+        // Inside: the container's root as mounted on the host holds what the
+        // check will see (its own tmpfs and volumes aside).
+        let env = (try? c.config().env) ?? ContainerSpec.defaultEnv
+        let pathVar = env.first { $0.hasPrefix("PATH=") }.map { String($0.dropFirst(5)) } ?? "/usr/sbin:/usr/bin:/sbin:/bin"
+        let candidates = x.contains("/") ? [x] : pathVar.split(separator: ":").map { "\($0)/\(x)" }
+        guard x.hasPrefix("/") || !x.contains("/") else {
+            throw CrsnapError(.usage, "invalid --check \"\(x)\": with --inside, give an absolute path or a name in the container's PATH; nothing was changed")
+        }
+        guard candidates.contains(where: { access(c.rootMount + $0, X_OK) == 0 }) else {
+            throw CrsnapError(.usage, "invalid --check \"\(x)\": no such executable inside container \"\(c.name)\" (\(x.contains("/") ? "at that path" : "in its PATH")); nothing was changed")
+        }
+        return x
+    }
+
+    /// Runs the check with stdin from /dev/null and its stdout on stderr
+    /// (guard's stdout is the command's alone): its exit status, nil when it
+    /// ran out of time, 1 when the container no longer runs (for --inside).
+    static func runCheck(_ check: Check, path: String, in c: Container, inside: Bool) throws -> Int32? {
+        let null = try Sys.open("/dev/null", O_RDONLY | O_CLOEXEC)
+        defer { Sys.close(null) }
+        Progress.note("guard: checking with \(check.executable)")
+        if inside {
+            guard let initPid = try? c.runningInit() else {
+                Progress.warn("guard: container \"\(c.name)\" no longer runs; the check cannot run inside it")
+                return 1
+            }
+            let env = (try? c.config().env) ?? ContainerSpec.defaultEnv
+            return try Containers.exec(in: initPid, argv: [path], env: env, stdin: null, stdout: 2, timeout: check.timeout)
+        }
+        let pid = Program.spawn(path: path, argv: [check.executable], env: ProcessInfo.processInfo.environment,
+                                fdmap: [null, 2, 2], newSession: false)
+        guard pid > 0 else { throw SystemError("exec", path, errno: errno) }
+        return Program.wait(pid, timeout: check.timeout)
     }
 }
 

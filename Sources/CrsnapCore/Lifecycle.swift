@@ -16,6 +16,8 @@ public struct RunOptions {
     public var tmpfs: [String] = []
     /// "HOST:CONTAINER" bind mounts.
     public var volumes: [String] = []
+    /// Paths whose current contents survive a rollback.
+    public var keep: [String] = []
 
     public init(name: String, command: [String], rootfs: String? = nil, hostname: String? = nil, env: [String] = [],
                 tmpfs: [String] = []) {
@@ -41,10 +43,8 @@ public enum Lifecycle {
             throw CrsnapError(.usage, "invalid --env \"\(e)\": expected KEY=VALUE")
         }
         for t in o.tmpfs {
-            let parts = t.split(separator: "/")
-            guard t.hasPrefix("/"), !parts.isEmpty, !parts.contains(".."), !parts.contains("."), !t.contains("\0"),
-                  !["proc", "dev"].contains(t) , t != "/proc", !t.hasPrefix("/proc/") else {
-                throw CrsnapError(.usage, "invalid --tmpfs \"\(t)\": expected an absolute path inside the container other than / and /proc, without '.' or '..'")
+            guard isPlainPath(t), t != "/proc", !t.hasPrefix("/proc/") else {
+                throw CrsnapError(.usage, "invalid --tmpfs \"\(t)\": expected an absolute path inside the container other than / and /proc, without '.', '..' or '//'")
             }
         }
         var seen = Set(o.tmpfs)
@@ -60,9 +60,40 @@ public enum Lifecycle {
         if Set(o.tmpfs).count != o.tmpfs.count {
             throw CrsnapError(.usage, "invalid --tmpfs: a path is given twice")
         }
+        try validateKeep(o)
         if let r = o.rootfs {
             guard r.hasPrefix("/") else { throw CrsnapError(.usage, "invalid --rootfs \"\(r)\": the path must be absolute") }
             guard Sys.isDirectory(r) else { throw CrsnapError(.usage, "invalid --rootfs \"\(r)\": not a directory") }
+        }
+    }
+
+    /// An absolute path other than "/", without "." or ".." components, "//" or a trailing "/".
+    static func isPlainPath(_ p: String) -> Bool {
+        let parts = p.split(separator: "/", omittingEmptySubsequences: false).dropFirst()
+        return p.hasPrefix("/") && !parts.isEmpty && !p.contains("\0")
+            && !parts.contains { $0.isEmpty || $0 == "." || $0 == ".." }
+    }
+
+    /// --keep paths: plain paths in the root's own files (not /proc, /dev,
+    /// a tmpfs or a volume, whose contents are not there), none inside another.
+    static func validateKeep(_ o: RunOptions) throws {
+        func inside(_ p: String, _ q: String) -> Bool { p == q || p.hasPrefix(q + "/") }
+        let mounts = o.tmpfs.map { ("--tmpfs", $0) } + o.volumes.compactMap { v in (try? parseVolume(v)).map { ("--volume", $0.1) } }
+        for k in o.keep {
+            func bad(_ why: String) -> CrsnapError { CrsnapError(.usage, "invalid --keep \"\(k)\": \(why)") }
+            guard isPlainPath(k) else { throw bad("expected an absolute path inside the container other than /, without '.', '..' or '//'") }
+            if let sys = ["/proc", "/dev", "/sys"].first(where: { inside(k, $0) }) {
+                throw bad("\(sys) is not part of the container's files")
+            }
+            if let (flag, m) = mounts.first(where: { inside(k, $0.1) }) {
+                throw bad("it overlaps \(flag) \(m), whose contents are not in the container's root")
+            }
+            if let other = o.keep.first(where: { $0 != k && inside(k, $0) }) {
+                throw bad("it is inside --keep \(other)")
+            }
+        }
+        if Set(o.keep).count != o.keep.count {
+            throw CrsnapError(.usage, "invalid --keep: a path is given twice")
         }
     }
 
@@ -120,7 +151,8 @@ public enum Lifecycle {
             env += o.env
             let config = ContainerConfig(name: o.name, kind: kind, command: o.command, env: env,
                                          hostname: o.hostname ?? o.name, created: Date(), rootfsSource: o.rootfs,
-                                         tmpfs: o.tmpfs.isEmpty ? nil : o.tmpfs, volumes: volumes.isEmpty ? nil : volumes)
+                                         tmpfs: o.tmpfs.isEmpty ? nil : o.tmpfs, volumes: volumes.isEmpty ? nil : volumes,
+                                         keep: o.keep.isEmpty ? nil : o.keep)
             try JSON.write(config, to: c.configPath)
             _ = try spawnMonitor(c, idle: false)
         }

@@ -17,6 +17,10 @@ public struct ContainerConfig: Codable, Equatable {
     public var tmpfs: [String]?
     /// Host directories bind-mounted into the container (`--volume`).
     public var volumes: [Volume]?
+    /// Paths inside the root whose contents at the time of a rollback
+    /// replace the snapshot's (`--keep`, e.g. /var/log): outside the one
+    /// instant by design.
+    public var keep: [String]?
 }
 
 /// A host directory bind-mounted into a container. CRIU sees it as an

@@ -35,6 +35,10 @@ public struct RollbackStats: Codable, Equatable {
     /// With --lazy: from the end of CRIU's restore (the tasks run) until the
     /// lazy-pages daemon had put every page of their memory back; 0 without.
     public var lazy_pages_ms = 0.0
+    /// Copying the paths kept across rollback (`run --keep`) from the
+    /// replaced files into the snapshot's, with the tasks stopped (part of
+    /// fs_ms); 0 without.
+    public var keep_ms = 0.0
     /// File locks of the snapshot checked in the restored tree, those taken
     /// again inside their processes, and the time that took (0 when the
     /// snapshot holds no lock; see docs/design.md, "File locks").
@@ -123,6 +127,7 @@ public enum Rollback {
         // Images are a trust boundary: only complete snapshots whose images
         // match the checksums recorded at take time are restored.
         try Verify.require(c, n, doing: "rollback to \(id)")
+        try Keep.check(c, n, try c.config())
         let cg = try c.cgroup()
         try cg.create()
         _ = try CriuCheck.usable(for: "rollback to \(id)")
@@ -180,8 +185,10 @@ public enum Rollback {
                 // hold it again, or start an idle one.
                 try holdMonitor(c, revert: Revert())
                 try cloneSnapshot(c, pre)
-                // Eager: the way back must not depend on what just failed.
-                _ = try stopAndRestore(c, pre, faults: false, lazy: false)
+                // Eager, and the pre-rollback snapshot's files as they are
+                // (no kept paths carried over, whose sizes may have moved
+                // on since): the way back must not depend on what just failed.
+                _ = try stopAndRestore(c, pre, faults: false, lazy: false, keep: false)
                 back = nil
             } catch let second {
                 back = second
@@ -197,7 +204,7 @@ public enum Rollback {
     /// With the journal written and the clone at fs.next: kill the tree, swap
     /// the volumes, have the monitor restore. Undone on failure (the previous
     /// volume back in place, the clone deleted, the journal ended).
-    static func stopAndRestore(_ c: Container, _ n: Int, faults: Bool, lazy: Bool) throws -> Restored {
+    static func stopAndRestore(_ c: Container, _ n: Int, faults: Bool, lazy: Bool, keep: Bool = true) throws -> Restored {
         let backend = c.store.backend
         let revert = Revert()
         revert.push("end journal") { try Sys.unlink(c.journalPath) }
@@ -220,7 +227,7 @@ public enum Rollback {
             try c.cgroup().killAll()
             let killMs = milliseconds(since: t)
             if faults { try Faults.check("rollback.killed") }
-            var restored = try swapAndRestore(c, n, revert: revert, faults: faults, lazy: lazy)
+            var restored = try swapAndRestore(c, n, revert: revert, faults: faults, lazy: lazy, keep: keep)
             restored.stats.kill_ms = killMs
             restored.stats.flush_ms = flushMs
             return restored
@@ -281,10 +288,12 @@ public enum Rollback {
 
     /// With the tree gone and the clone at fs.next: the current volume goes
     /// aside (unless it already is), the clone takes its place, volumes
-    /// snapshotted with the snapshot go back too, the root is mounted and the
+    /// snapshotted with the snapshot go back too, kept paths (`run --keep`)
+    /// are copied from the replaced files, the root is mounted and the
     /// monitor restores the tree; then what was replaced is deleted and the
     /// journal ended. Undone by `revert` on failure.
-    static func swapAndRestore(_ c: Container, _ n: Int, revert: Revert, faults: Bool = true, lazy: Bool = false) throws -> Restored {
+    static func swapAndRestore(_ c: Container, _ n: Int, revert: Revert, faults: Bool = true, lazy: Bool = false,
+                               keep: Bool = true) throws -> Restored {
         let backend = c.store.backend
         let config = try c.config()
         let m = try c.manifest(n)
@@ -303,6 +312,7 @@ public enum Rollback {
         try Sys.rename(next(c), c.volume)
         revert.push("delete the new volume") { try backend.deleteVolume(c.volume) }
         try fault("rollback.cloned")
+        let keepMs = keep ? try Keep.carryOver(c, config, from: aside) : 0
         // Volumes snapshotted with this snapshot go back too; the replaced
         // ones stay beside them until the restore has succeeded.
         var replaced: [String] = []
@@ -328,6 +338,7 @@ public enum Rollback {
             throw CrsnapError(.failed, MonitorChannel.words(reply))
         }
         restored.stats.fs_ms = fsMs
+        restored.stats.keep_ms = keepMs
         try fault("rollback.restored")
         try backend.deleteVolume(aside)
         for prev in replaced { try backend.deleteVolume(prev) }

@@ -47,6 +47,9 @@ public enum Show {
         public var unlinked: [UnlinkedFile]
         public var tmpfs: [Tmpfs]
         public var volumes: [VolumeInfo]
+        /// The container's paths kept across rollback (`run --keep`): a
+        /// rollback to this snapshot leaves their current contents.
+        public var kept: [String]
         public var stats: Manifest.Stats
         /// The container now: "running" or "stopped", and why it is stopped
         /// when its processes went without crsnap (see `Container.goneReason`).
@@ -79,7 +82,7 @@ public enum Show {
                 UnlinkedFile(path: $0.path, size: $0.size, captured: $0.captured.rawValue, held: $0.held, mapped: $0.mapped)
             },
             tmpfs: (m.tmpfs ?? []).map { Tmpfs(mount: $0, captured: "contents in the CRIU images") },
-            volumes: volumes, stats: m.stats,
+            volumes: volumes, kept: (try? c.config().keep ?? []) ?? [], stats: m.stats,
             container_state: live.running ? "running" : "stopped", container_reason: live.goneReason)
     }
 }

@@ -67,6 +67,44 @@ public enum ContainerRoot {
         }
     }
 
+    /// Replaces what volume `new` holds at each of `paths` (inside the
+    /// container) with what volume `old` holds there: a copy that shares
+    /// extents where the filesystem can (`cp -a --reflink=auto`: owners,
+    /// modes, times, xattrs, and an overlay upper dir's whiteouts kept). A
+    /// path `old` does not hold is removed from `new` (for an overlay, the
+    /// host's files show through there again). Missing parents in `new` are
+    /// made with the mode and owner they have in `old`.
+    public static func carryOver(_ paths: [String], from old: String, into new: String, kind: RootKind) throws {
+        let src = filesDir(volume: old, kind: kind), dst = filesDir(volume: new, kind: kind)
+        for path in paths {
+            let parents = path.split(separator: "/").dropLast().reduce(into: [String]()) { $0.append(($0.last ?? "") + "/\($1)") }
+            // The container's own symlinks must not lead out of its files:
+            // every parent is a real directory or missing, on both sides.
+            func realDirectories(_ base: String) throws -> Bool {
+                for p in parents {
+                    var st = Glibc.stat()
+                    guard lstat(base + p, &st) == 0 else { return false }
+                    guard st.st_mode & S_IFMT == S_IFDIR else {
+                        throw SystemError("keep \(path): \(p) is not a directory in", base, errno: ENOTDIR)
+                    }
+                }
+                return true
+            }
+            let present = try realDirectories(src)
+            _ = try realDirectories(dst)
+            let from = src + path, to = dst + path
+            if Sys.exists(to) { try Sys.removeTree(to) }
+            guard present, Sys.exists(from) else { continue }
+            for p in parents where !Sys.exists(dst + p) {
+                let st = try Sys.fileStatus(src + p)
+                try Sys.mkdir(dst + p, mode: st.st_mode & 0o7777)
+                try Sys.check("chown", dst + p) { chown(dst + p, st.st_uid, st.st_gid) }
+                _ = chmod(dst + p, st.st_mode & 0o7777)
+            }
+            try Program.run(["cp", "-a", "--reflink=auto", "--", from, to])
+        }
+    }
+
     static func makeOpaqueDir(_ path: String, mode: mode_t) throws {
         try Sys.mkdir(path, mode: mode, existOK: true)
         _ = chmod(path, mode)

@@ -270,6 +270,23 @@ public enum Program {
         return exitCode(status)
     }
 
+    /// Waits for `pid` at most `timeout` seconds: its exit status (as
+    /// `wait`), or nil when the time ran out, after it was SIGKILLed and reaped.
+    public static func wait(_ pid: pid_t, timeout: Double) -> Int32? {
+        let deadline = DispatchTime.now().uptimeNanoseconds + UInt64(max(0, timeout) * 1e9)
+        var status: Int32 = 0
+        while true {
+            let r = waitpid(pid, &status, WNOHANG)
+            if r == pid { return exitCode(status) }
+            if r < 0 && Glibc.errno != EINTR { return -1 }
+            if DispatchTime.now().uptimeNanoseconds >= deadline { break }
+            usleep(10_000)
+        }
+        if pid > 1 { kill(pid, SIGKILL) }
+        _ = wait(pid)
+        return nil
+    }
+
     public static func exitCode(_ status: Int32) -> Int32 {
         let sig = status & 0x7f
         return sig == 0 ? (status >> 8) & 0xff : 128 + sig

@@ -93,8 +93,18 @@ public enum Containers {
 
     /// Runs argv in the namespaces of `pid` with this process's stdio; returns its exit status.
     public static func exec(in pid: pid_t, argv: [String], env: [String]) throws -> Int32 {
-        let helper: pid_t = withCStrings(argv) { a in withCStrings(env) { e in crsnap_exec_in(pid, a, e) } }
+        let helper: pid_t = withCStrings(argv) { a in withCStrings(env) { e in crsnap_exec_in(pid, a, e, -1, -1, 0) } }
         if helper < 0 { throw SystemError("fork", "exec helper", errno: errno) }
         return Program.wait(helper)
+    }
+
+    /// Runs argv in the namespaces of `pid` with stdin and stdout from the
+    /// given fds (stderr this process's), for at most `timeout` seconds:
+    /// its exit status, or nil when it ran out of time (it was killed).
+    public static func exec(in pid: pid_t, argv: [String], env: [String], stdin: Int32, stdout: Int32,
+                            timeout: Double) throws -> Int32? {
+        let helper: pid_t = withCStrings(argv) { a in withCStrings(env) { e in crsnap_exec_in(pid, a, e, stdin, stdout, 1) } }
+        if helper < 0 { throw SystemError("fork", "exec helper", errno: errno) }
+        return Program.wait(helper, timeout: timeout)
     }
 }

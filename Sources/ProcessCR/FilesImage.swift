@@ -9,10 +9,38 @@ import Glibc
 /// changes is interpreted:
 ///
 ///   FileEntry:    1 type (1 = REG), 2 id, 3 reg (RegFileEntry)
-///   RegFileEntry: 6 name, 7 mnt_id, 9 ext
+///   RegFileEntry: 2 flags, 6 name, 7 mnt_id, 8 size, 9 ext
 ///
 /// Every other field is copied through byte for byte.
 public enum FilesImage {
+    /// A regular file the dumped tasks had open, as CRIU recorded it.
+    public struct RegularFile: Equatable {
+        /// Its path as the tasks saw it.
+        public var path: String
+        /// The open(2) flags of the file description.
+        public var flags: UInt32
+        /// The size CRIU checks the file has before it restores it; nil when
+        /// it checks none (a file open write-only with O_APPEND: a log).
+        public var size: UInt64?
+    }
+
+    /// The regular files of `imagesDir`'s files.img.
+    public static func regularFiles(in imagesDir: String) throws -> [RegularFile] {
+        let image = try CriuImageFile(path: "\(imagesDir)/files.img")
+        let b = image.bytes
+        var out: [RegularFile] = []
+        for k in image.entries.indices {
+            let fe = try image.fields(k)
+            guard Wire.varintField(b, fe, 1) == 1, let reg = fe.last(where: { $0.number == 3 && $0.wireType == 2 }),
+                  let rf = Wire.fields(b, reg.value),
+                  let name = rf.last(where: { $0.number == 6 && $0.wireType == 2 }) else { continue }
+            out.append(RegularFile(path: String(decoding: b[name.value], as: UTF8.self),
+                                   flags: UInt32(truncatingIfNeeded: Wire.varintField(b, rf, 2) ?? 0),
+                                   size: Wire.varintField(b, rf, 8)))
+        }
+        return out
+    }
+
     /// Rewrites the regular-file entries CRIU recorded as external files (by
     /// the key they were declared with) into plain files at the given
     /// absolute paths, with no mount id: CRIU then opens each by path from

@@ -5,22 +5,33 @@ import Foundation
 struct GuardCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "guard",
-        abstract: "Take a pre snapshot, run a command, roll back if it fails, else take a paired post snapshot.",
+        abstract: "Take a pre snapshot, run a command (and a health check), roll back if either fails, else take a paired post snapshot.",
         discussion: """
         For upgrade scripts: `crsnap guard web --tag upgrade -- ./upgrade.sh`.
         The command runs on the host with crsnap's stdio (or, with --inside,
         inside the container's namespaces). If it exits non-zero, the container
         is rolled back to the pre snapshot (files and processes) and crsnap
-        exits with the command's status. If it succeeds, a post snapshot paired
-        with the pre is taken and crsnap exits 0. stdout carries only the
-        command's own output; snapshot ids go to stderr when it is a terminal
-        (--json prints pre, post, status, rolled_back on stdout after the command's output).
+        exits with the command's status. If it succeeds and --check EXECUTABLE
+        is given, that program runs where the command ran (no arguments, no
+        shell, stdin /dev/null, its output on stderr; e.g. a script that asks
+        the service a question): if it exits non-zero or outlives
+        --check-timeout (then it is killed), the container is rolled back to
+        the pre snapshot the same way and crsnap exits with the check's status
+        (124 when it timed out). Otherwise a post snapshot paired with the pre
+        is taken and crsnap exits 0. stdout carries only the command's own
+        output; snapshot ids go to stderr when it is a terminal (--json prints
+        pre, post, status, rolled_back, failed (command, check or null),
+        check_status and check_timed_out on stdout after the command's output).
         """
     )
 
     @OptionGroup var storeOptions: StoreOptions
     @Option(help: "Tag for both snapshots.") var tag: String?
-    @Flag(help: "Run the command inside the container instead of on the host.") var inside = false
+    @Flag(help: "Run the command (and the check) inside the container instead of on the host.") var inside = false
+    @Option(help: ArgumentHelp("After the command succeeded, run this program (no arguments) as a health check; roll back if it fails.", valueName: "executable"))
+    var check: String?
+    @Option(help: ArgumentHelp("Seconds the check may run before it counts as failed (default 60).", valueName: "seconds"))
+    var checkTimeout: Double?
     @Flag(help: "Print the outcome as JSON after the command's output.") var json = false
     @Argument(help: "Container name.") var name: String
     @Argument(parsing: .postTerminator, help: "The command and its arguments, after --.") var command: [String] = []
@@ -28,7 +39,12 @@ struct GuardCommand: ParsableCommand {
     func run() throws {
         let outcome = try reporting { () -> Guard.Outcome in
             try Names.validate(name)
-            return try Guard.run(store: try storeOptions.openExisting(), name: name, tag: tag, inside: inside, command: command)
+            if checkTimeout != nil && check == nil {
+                throw CrsnapError(.usage, "--check-timeout needs --check EXECUTABLE; nothing was changed")
+            }
+            let probe = check.map { Guard.Check(executable: $0, timeout: checkTimeout ?? Guard.Check.defaultTimeout) }
+            return try Guard.run(store: try storeOptions.openExisting(), name: name, tag: tag, inside: inside,
+                                 command: command, check: probe)
         }
         if json { try printJSON(outcome) }
         if outcome.status != 0 { throw ExitCode(outcome.status) }

@@ -16,7 +16,8 @@ struct RollbackCommand: ParsableCommand {
         process, the file and the range.
         The replaced volume is kept until the restore has succeeded. If the
         restore fails, the pre-rollback state is restored instead.
-        Works on a stopped container too.
+        Works on a stopped container too. Paths the container keeps across
+        rollback (run --keep) get their contents from before the rollback.
 
         With --lazy the processes run as soon as CRIU has restored them, before
         their memory is back: CRIU's lazy-pages daemon (userfaultfd) brings a
@@ -34,7 +35,7 @@ struct RollbackCommand: ParsableCommand {
     var noPreSnapshot = false
     @Flag(help: "Restore the processes' memory on demand (CRIU lazy pages): they run before all of it is back.")
     var lazy = false
-    @Flag(help: "Print JSON: id, pid, pre_rollback, stats (total_ms; pre_rollback_ms, the snapshot of the state replaced; flush_ms, writing the store's dirty data back while the tasks still run; kill_ms, stopping the tasks; fs_ms, the snapshot's files put in place; restore_ms, CRIU's restore; lazy_pages_ms, with --lazy the time the tasks ran before all their memory was back; locks_checked, locks_repaired, lock_repair_ms).") var json = false
+    @Flag(help: "Print JSON: id, pid, pre_rollback, stats (total_ms; pre_rollback_ms, the snapshot of the state replaced; flush_ms, writing the store's dirty data back while the tasks still run; kill_ms, stopping the tasks; fs_ms, the snapshot's files put in place (keep_ms of it copying run --keep paths); restore_ms, CRIU's restore; lazy_pages_ms, with --lazy the time the tasks ran before all their memory was back; locks_checked, locks_repaired, lock_repair_ms).") var json = false
     @Argument(help: ArgumentHelp("Snapshot id NAME@N (with --undo: the container NAME).", valueName: "target"))
     var target: String
 

@@ -13,6 +13,11 @@ struct RunCommand: ParsableCommand {
         --tmpfs PATH mounts a tmpfs there instead (its contents are saved in the
         CRIU images, copied inside the freeze). The command's stdout and stderr
         go to the container's log (crsnap logs).
+        --keep PATH (e.g. /var/log) declares a path in the root whose contents
+        survive a rollback: the files there when the processes are stopped
+        replace the snapshot's (they are outside the snapshot's one instant; a
+        file the snapshot's processes hold open there must keep its size,
+        unless it is a log they opened write-only with O_APPEND).
         Prints nothing on success.
         """
     )
@@ -28,6 +33,8 @@ struct RunCommand: ParsableCommand {
     var tmpfs: [String] = []
     @Option(help: ArgumentHelp("Bind-mount a host directory into the container (repeatable). Its contents are rolled back only when HOST is a btrfs subvolume on the store's filesystem (then it is snapshotted in the same instant).", valueName: "HOST:CONTAINER"))
     var volume: [String] = []
+    @Option(help: ArgumentHelp("Keep this path's current contents across rollback (repeatable, e.g. /var/log).", valueName: "path"))
+    var keep: [String] = []
     @Argument(help: "Container name: letters, digits, '-', '_', '.'; no leading dot; at most 64.")
     var name: String
     @Argument(parsing: .postTerminator, help: "The command and its arguments, after --.")
@@ -37,6 +44,7 @@ struct RunCommand: ParsableCommand {
         try reporting {
             var o = RunOptions(name: name, command: command, rootfs: rootfs, hostname: hostname, env: env, tmpfs: tmpfs)
             o.volumes = volume
+            o.keep = keep
             try Lifecycle.validate(o)
             try Lifecycle.run(store: try storeOptions.open(), o)
         }

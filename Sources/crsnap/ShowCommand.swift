@@ -12,9 +12,10 @@ struct ShowCommand: ParsableCommand {
         path they had, size, held as an fd and/or mapped, and whether their
         bytes were reflinked or copied), its tmpfs mounts (their contents are in
         the CRIU images) and its volumes (snapshotted when the volume is a btrfs
-        subvolume on the store's filesystem, otherwise not rolled back).
+        subvolume on the store's filesystem, otherwise not rolled back) and the
+        container's paths kept across rollback (run --keep).
         --json prints: id, container, tag, type, created, stopped, criu_version,
-        filesystems, unlinked, tmpfs, volumes, stats, container_state (running
+        filesystems, unlinked, tmpfs, volumes, kept, stats, container_state (running
         or stopped) and container_reason (when the container's processes are
         gone without crsnap stopping them: a reboot, an ended pid namespace).
         """
@@ -56,6 +57,8 @@ struct ShowCommand: ParsableCommand {
                     [$0.mount, $0.host, $0.snapshotted ? "yes (btrfs snapshot \($0.snapshot ?? ""))" : "no (not a btrfs subvolume on the store)"]
                 })
             }
+            print("\nKEPT ACROSS ROLLBACK (their contents now replace the snapshot's)")
+            print(d.kept.isEmpty ? "none" : d.kept.joined(separator: "\n"))
         }
     }
 }

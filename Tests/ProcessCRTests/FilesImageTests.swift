@@ -53,6 +53,24 @@ final class FilesImageTests: XCTestCase {
         XCTAssertEqual(try FilesImage.relocateExternal(in: dir, to: ["file[4b:114]": "/.crsnap-unlinked/0"]), [])
     }
 
+    func testRegularFilesListsPathFlagsAndTheSizeCRIUChecks() throws {
+        let dir = NSTemporaryDirectory() + "crsnap-files-image-regular-\(getpid())"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        // An append-only log: CRIU records no size for it.
+        var log = varintField(1, 5) + varintField(2, 0o2001) + varintField(3, 0)
+        log += field(5, varintField(1, 0)) + field(6, Array("/var/log/app.log".utf8)) + varintField(10, 0o100644)
+        try Sys.writeAtomically("\(dir)/files.img", image([
+            entry(type: 1, id: 1, body: reg(id: 1, name: "/srv/data", ext: false, mntID: 75)),
+            entry(type: 5, id: 2, body: [0x08, 0x07]),
+            entry(type: 1, id: 5, body: log),
+        ]))
+        XCTAssertEqual(try FilesImage.regularFiles(in: dir), [
+            .init(path: "/srv/data", flags: 0o100002, size: 4 << 20),
+            .init(path: "/var/log/app.log", flags: 0o2001, size: nil),
+        ])
+    }
+
     func testAMalformedImageIsRefusedAndLeftAlone() throws {
         let dir = NSTemporaryDirectory() + "crsnap-files-image-bad-\(getpid())"
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)

@@ -56,9 +56,14 @@ enum crsnap_launch_stage {
 pid_t crsnap_launch_container(const struct crsnap_container_spec *spec, int *stage, int *err);
 
 /// Runs argv inside the namespaces (ipc, uts, pid, mnt) of `target` with the
-/// caller's stdio. Returns the pid of a helper whose exit status is the
-/// command's (127 with a message on stderr if it could not be started).
-pid_t crsnap_exec_in(pid_t target, const char *const argv[], const char *const envp[]);
+/// caller's stdio, or `in_fd` / `out_fd` as its stdin / stdout where they are
+/// >= 0. Returns the pid of a helper whose exit status is the command's (127
+/// with a message on stderr if it could not be started). With
+/// `die_with_helper` the command is SIGKILLed when the helper dies (killing
+/// the helper is how a caller stops it: the command itself is in the
+/// container's pid namespace).
+pid_t crsnap_exec_in(pid_t target, const char *const argv[], const char *const envp[],
+                     int in_fd, int out_fd, int die_with_helper);
 
 /// fork + execve with fd i of the child set to fdmap[i] (-1: closed) for i < nfds,
 /// all other fds closed, optionally in a new session. Returns the pid or -1 (errno).
