@@ -198,7 +198,7 @@ final class LifecycleTests: XCTestCase {
         XCTAssertTrue(keys(take).isSuperset(of: ["id", "number", "container", "created", "role", "stats", "criu", "stopped"]), "\(keys(take))")
         XCTAssertTrue(keys((take as! [String: Any])["stats"]!).isSuperset(of: ["frozen_ms", "fs_snapshot_ms", "dump_ms", "images_bytes", "freezing_ms", "pause_ms"]))
         let show = try object(["show", "\(c.name)@1", "--json"])
-        XCTAssertTrue(keys(show).isSuperset(of: ["id", "container", "type", "created", "stopped", "filesystems", "unlinked", "tmpfs", "volumes", "stats"]), "\(keys(show))")
+        XCTAssertTrue(keys(show).isSuperset(of: ["id", "container", "type", "created", "stopped", "filesystems", "unlinked", "tmpfs", "volumes", "kept", "stats"]), "\(keys(show))")
         for f in ((show as! [String: Any])["filesystems"] as! [Any]) {
             XCTAssertTrue(keys(f).isSuperset(of: ["mount", "holds", "snapshot", "captured"]), "\(keys(f))")
         }
@@ -214,7 +214,7 @@ final class LifecycleTests: XCTestCase {
         let rb = try object(["rollback", "\(c.name)@1", "--json"])
         XCTAssertEqual(keys(rb), ["id", "pid", "pre_rollback", "stats"])
         XCTAssertEqual(keys((rb as! [String: Any])["stats"]!), ["total_ms", "pre_rollback_ms", "flush_ms", "kill_ms", "fs_ms", "restore_ms", "lazy_pages_ms",
-                                                                "locks_checked", "locks_repaired", "lock_repair_ms"])
+                                                                "keep_ms", "locks_checked", "locks_repaired", "lock_repair_ms"])
         let diff = try object(["diff", "\(c.name)@1", "--json"]) as! [Any]
         for d in diff { XCTAssertEqual(keys(d), ["path", "change"]) }
         let prune = try object(["prune", c.name, "--keep-last", "5", "--dry-run", "--json"])
