@@ -18,6 +18,11 @@
 #include <linux/fs.h>
 #include <linux/userfaultfd.h>
 #include <sys/ioctl.h>
+#include <sys/socket.h>
+#include <linux/netlink.h>
+#include <linux/rtnetlink.h>
+#include <linux/sock_diag.h>
+#include <linux/unix_diag.h>
 
 extern char **environ;
 
@@ -316,4 +321,72 @@ int crsnap_uffd_wake(int pidfd, int fd, unsigned long long start, unsigned long 
     close(uffd);
     errno = saved;
     return rc;
+}
+
+int crsnap_unix_sockets(struct crsnap_unix_socket *out, int max) {
+    int nl = socket(AF_NETLINK, SOCK_DGRAM | SOCK_CLOEXEC, NETLINK_SOCK_DIAG);
+    if (nl < 0) return -1;
+    struct {
+        struct nlmsghdr nlh;
+        struct unix_diag_req req;
+    } msg;
+    memset(&msg, 0, sizeof(msg));
+    msg.nlh.nlmsg_len = sizeof(msg);
+    msg.nlh.nlmsg_type = SOCK_DIAG_BY_FAMILY;
+    msg.nlh.nlmsg_flags = NLM_F_REQUEST | NLM_F_DUMP;
+    msg.req.sdiag_family = AF_UNIX;
+    msg.req.udiag_states = -1;
+    msg.req.udiag_show = UDIAG_SHOW_PEER | UDIAG_SHOW_NAME;
+    if (send(nl, &msg, sizeof(msg), 0) != (ssize_t)sizeof(msg)) {
+        int e = errno;
+        close(nl);
+        errno = e;
+        return -1;
+    }
+    static char buf[32768] __attribute__((aligned(NLMSG_ALIGNTO)));
+    int n = 0;
+    for (;;) {
+        ssize_t len = recv(nl, buf, sizeof(buf), 0);
+        if (len < 0) {
+            if (errno == EINTR) continue;
+            int e = errno;
+            close(nl);
+            errno = e;
+            return -1;
+        }
+        for (struct nlmsghdr *h = (struct nlmsghdr *)buf; NLMSG_OK(h, (size_t)len); h = NLMSG_NEXT(h, len)) {
+            if (h->nlmsg_type == NLMSG_DONE) {
+                close(nl);
+                return n;
+            }
+            if (h->nlmsg_type == NLMSG_ERROR) {
+                struct nlmsgerr *err = NLMSG_DATA(h);
+                close(nl);
+                errno = err->error ? -err->error : EIO;
+                return -1;
+            }
+            struct unix_diag_msg *m = NLMSG_DATA(h);
+            if (n >= max) continue;
+            struct crsnap_unix_socket *s = &out[n++];
+            memset(s, 0, sizeof(*s));
+            s->ino = m->udiag_ino;
+            s->type = m->udiag_type;
+            int alen = h->nlmsg_len - NLMSG_LENGTH(sizeof(*m));
+            for (struct rtattr *a = (struct rtattr *)(m + 1); RTA_OK(a, alen); a = RTA_NEXT(a, alen)) {
+                if (a->rta_type == UNIX_DIAG_PEER && RTA_PAYLOAD(a) >= sizeof(uint32_t)) {
+                    memcpy(&s->peer, RTA_DATA(a), sizeof(uint32_t));
+                } else if (a->rta_type == UNIX_DIAG_NAME && RTA_PAYLOAD(a) > 0) {
+                    size_t l = RTA_PAYLOAD(a);
+                    if (l > sizeof(s->name) - 1) l = sizeof(s->name) - 1;
+                    memcpy(s->name, RTA_DATA(a), l);
+                    s->name[l] = '\0';
+                    // A path ends at its NUL (the length may count it); an
+                    // abstract name starts with one and may hold more: '@'.
+                    if (s->name[0] == '\0') {
+                        for (size_t i = 0; i < l; i++) if (s->name[i] == '\0') s->name[i] = '@';
+                    }
+                }
+            }
+        }
+    }
 }

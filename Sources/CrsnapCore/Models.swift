@@ -92,6 +92,9 @@ public struct Manifest: Codable, Equatable {
         /// Copying the images from the memory they were staged in into the
         /// store, after the thaw; absent when CRIU wrote them to the store.
         public var staging_copy_ms: Double? = nil
+        /// The preflight before the freeze (`TakePreflight`): reading the
+        /// tasks' files and sockets from /proc.
+        public var preflight_ms: Double? = nil
     }
 
     /// An open file whose last name was gone at the frozen instant (unlinked

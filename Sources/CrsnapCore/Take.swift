@@ -127,7 +127,10 @@ public enum Take {
         guard let state = c.state() else { throw CrsnapError(.conflict, "container \"\(c.name)\" has no state") }
         let cg = try c.cgroup()
         let (criu, version) = try CriuCheck.usable(for: "take \(c.name)")
+        // What CRIU would fail on after the freeze is refused before it.
+        let preflight = try TakePreflight.requireTakeable(c)
         let steps = RealTakeSteps(container: c, criu: criu, initPid: initPid, cgroup: cg)
+        steps.preflightWarnings = preflight.warnings.map(\.description)
         steps.leaveRunning = !o.stop
         steps.freezeTimeout = o.freezeTimeout
         steps.stage = o.stage
@@ -146,6 +149,7 @@ public enum Take {
                 m.stopped = o.stop ? true : nil
                 m.volumes = config.volumes
                 m.tmpfs = config.tmpfs
+                m.stats.preflight_ms = preflight.preflight_ms
                 return m
             }
         } catch {
@@ -156,6 +160,7 @@ public enum Take {
             }
             throw CrsnapError(.failed, message + "\nno snapshot was added; the container runs on")
         }
+        r.stats.preflight_ms = preflight.preflight_ms
         r.role = o.role
         r.pair = o.pair
         r.stopped = o.stop
@@ -350,8 +355,11 @@ final class RealTakeSteps: TakeSteps, CriuNotifyHandler {
         return stats
     }
 
+    /// The preflight's warnings (see `TakePreflight`).
+    var preflightWarnings: [String] = []
+
     func warnings() -> [String] {
-        sharedLocks.map { "file lock shared with processes outside the container: \($0)" }
+        preflightWarnings + sharedLocks.map { "file lock shared with processes outside the container: \($0)" }
     }
 
     func captureUnlinked(into dir: String) throws -> Unlinked.Captured {

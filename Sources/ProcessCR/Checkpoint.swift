@@ -15,7 +15,8 @@ public struct DumpRequest {
     /// Ask for pre-dump/post-dump notifications (the handler gets them).
     public var notify = true
     /// Bytes an unlinked open file may have before CRIU refuses to copy it.
-    public var ghostLimit: UInt32 = 512 << 20
+    public var ghostLimit: UInt32 = DumpRequest.defaultGhostLimit
+    public static let defaultGhostLimit: UInt32 = 512 << 20
     public var external: [String] = []
     /// CRIU's network lock (nftables) for the dump; refused for a tree in
     /// crsnap's own network namespace (see `Safety.networkLockRefusal`).

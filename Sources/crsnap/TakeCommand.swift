@@ -42,7 +42,7 @@ struct TakeCommand: ParsableCommand {
     var freezeTimeout: Double = TakeOptions.defaultFreezeTimeout
     @Option(help: ArgumentHelp("Where CRIU writes the images while the tasks are frozen: memory (a tmpfs; copied into the store after the thaw, which makes the pause of a large container about half as long), store, or auto: memory when the machine has the images' size to spare beside 1 GiB or a tenth of its RAM, else the store.", valueName: "auto|memory|store"))
     var stage: ImageStaging.Mode = .auto
-    @Flag(help: "Print JSON: id, container, tag, created, stats (pause_ms: freeze request to thaw, what a client waits; freezing_ms: freeze request to all tasks frozen; frozen_ms: CRIU's seize to resume; fs_snapshot_ms, dump_ms, images_bytes; staging_copy_ms when the images were staged in memory; unlinked_bytes, copied_bytes, reflinked_bytes where they apply), criu (CRIU's own figures), warnings (e.g. file locks shared with processes outside the container).")
+    @Flag(help: "Print JSON: id, container, tag, created, stats (pause_ms: freeze request to thaw, what a client waits; freezing_ms: freeze request to all tasks frozen; frozen_ms: CRIU's seize to resume; fs_snapshot_ms, dump_ms, images_bytes; staging_copy_ms when the images were staged in memory; preflight_ms, the checks before the freeze (crsnap doctor NAME); unlinked_bytes, copied_bytes, reflinked_bytes where they apply), criu (CRIU's own figures), warnings (e.g. file locks shared with processes outside the container, TCP connections to peers outside it).")
     var json = false
     @Argument(help: "Container name.") var name: String
 

@@ -87,4 +87,20 @@ int crsnap_pidfd_open(pid_t pid);
 /// waiting on a fault there retry it. 0 or -1 (errno).
 int crsnap_uffd_wake(int pidfd, int fd, unsigned long long start, unsigned long long len);
 
+/// One unix socket of the caller's network namespace as sock_diag reports it.
+struct crsnap_unix_socket {
+    uint32_t ino;
+    /// The inode of the socket it is connected to; 0 when none.
+    uint32_t peer;
+    /// SOCK_STREAM, SOCK_DGRAM or SOCK_SEQPACKET.
+    uint8_t type;
+    /// Its bound path (or abstract name, with a leading '@'); empty when unbound.
+    char name[109];
+};
+
+/// Lists up to `max` unix sockets of the caller's network namespace
+/// (NETLINK_SOCK_DIAG, UDIAG_SHOW_PEER | UDIAG_SHOW_NAME). Returns how many,
+/// or -1 with errno set.
+int crsnap_unix_sockets(struct crsnap_unix_socket *out, int max);
+
 #endif
