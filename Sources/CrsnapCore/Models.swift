@@ -145,8 +145,13 @@ public struct Manifest: Codable, Equatable {
     public var unlinked: [UnlinkedFile]? = nil
     /// tmpfs mounts of the container; CRIU keeps their contents in the images.
     public var tmpfs: [String]? = nil
+    /// A files-only snapshot (`take --fs-only`, or `--fallback fs-only` after
+    /// a failed checkpoint): no CRIU images; a rollback to it starts the
+    /// container's command afresh on its files.
+    public var fs_only: Bool? = nil
 
     public var snapshotRole: SnapshotRole { role ?? .single }
+    public var isFilesOnly: Bool { fs_only ?? false }
     /// SHA-256 of each CRIU image file (name → hex), checked before a restore.
     public var images_sha256: [String: String]? = nil
 }

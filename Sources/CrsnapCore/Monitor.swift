@@ -73,6 +73,12 @@ public final class Monitor {
             try writeState(.stopped)
             return
         }
+        try launch()
+    }
+
+    /// Starts the container's command afresh in its root: at `run`, and for
+    /// a rollback to a files-only snapshot.
+    func launch() throws {
         let procs = try cgroup.openProcs()
         defer { Sys.close(procs) }
         var spec = ContainerSpec(root: container.rootMount, hostname: config.hostname, argv: config.command,
@@ -216,6 +222,18 @@ public final class Monitor {
                 if let refusal = refusal(images: parts[1], root: container.rootMount) { return refusal }
                 pendingLazy = (parts[1], try startLazyPages(criu: try Criu.locate(), images: parts[1]))
                 return "ok"
+            } catch {
+                return "err \(error)"
+            }
+        case "launch" where parts.count == 2:
+            // A files-only snapshot's rollback: its command, started afresh.
+            reap()
+            guard initPid == 0, cgroup.procs().isEmpty else { return "err the container's processes still run" }
+            do {
+                try launch()
+                holding = false
+                note("started \(config.command.joined(separator: " ")) afresh on the files of \(parts[1]) (a files-only snapshot)")
+                return "ok \(initPid)"
             } catch {
                 return "err \(error)"
             }

@@ -12,6 +12,8 @@ public struct RollbackResult: Codable {
     public var pid: Int32
     /// The snapshot rollback took of the state it replaced (for --undo), if it was running.
     public var pre_rollback: String?
+    /// The snapshot held files only: the container's command was started afresh.
+    public var restarted = false
     public var stats: RollbackStats
 }
 
@@ -93,37 +95,58 @@ public enum Rollback {
     /// With `lazy` the processes run as soon as CRIU has restored them, their
     /// memory coming back on demand (see `LazyPagesDaemon`); the rollback
     /// returns once all of it is back.
-    public static func rollback(store: Store, id: SnapshotID, preSnapshot: Bool = true, lazy: Bool = false) throws -> RollbackResult {
+    /// A files-only snapshot (`take --fs-only`) has no processes: rolling
+    /// back to it starts the container's command afresh, which the caller
+    /// must have agreed to (`restart`).
+    public static func rollback(store: Store, id: SnapshotID, preSnapshot: Bool = true, lazy: Bool = false,
+                                restart: Bool = false) throws -> RollbackResult {
         try Container.locked(store: store, name: id.container) { c in
-            return try rollbackLocked(c, id.number, preSnapshot: preSnapshot, lazy: lazy)
+            return try rollbackLocked(c, id.number, preSnapshot: preSnapshot, lazy: lazy, restart: restart)
         }
     }
 
     /// Goes back to the state the last rollback replaced.
-    public static func undo(store: Store, name: String, lazy: Bool = false) throws -> RollbackResult {
+    public static func undo(store: Store, name: String, lazy: Bool = false, restart: Bool = false) throws -> RollbackResult {
         try Container.locked(store: store, name: name) { c in
             guard let n = Undo.needed(c) else {
                 throw CrsnapError(.notFound, "container \"\(name)\" has no rollback to undo (none recorded, or its pre-rollback snapshot was deleted)")
             }
-            return try rollbackLocked(c, n, preSnapshot: true, lazy: lazy)
+            return try rollbackLocked(c, n, preSnapshot: true, lazy: lazy, restart: restart)
         }
     }
 
     /// Brings a stopped container back from its newest snapshot (after `take --stop`, or a reboot).
-    public static func resume(store: Store, name: String, lazy: Bool = false) throws -> RollbackResult {
+    public static func resume(store: Store, name: String, lazy: Bool = false, restart: Bool = false) throws -> RollbackResult {
         try Container.locked(store: store, name: name) { c in
             if c.isRunning { throw CrsnapError(.conflict, "container \"\(name)\" is running; resume is for a stopped container") }
             guard let n = c.snapshotNumbers().last else {
                 throw CrsnapError(.notFound, "container \"\(name)\" has no snapshot to resume from")
             }
-            return try rollbackLocked(c, n, preSnapshot: false, lazy: lazy)
+            return try rollbackLocked(c, n, preSnapshot: false, lazy: lazy, restart: restart)
         }
     }
 
-    static func rollbackLocked(_ c: Container, _ n: Int, preSnapshot: Bool, lazy: Bool) throws -> RollbackResult {
+    /// Whether snapshot `id` of container `name` holds files only (for the
+    /// CLI's question before a rollback).
+    /// `number` nil: the newest (what resume uses); `undo`: what rollback --undo goes to.
+    public static func isFilesOnly(store: Store, name: String, number: Int?, undo: Bool = false) -> Bool {
+        guard let c = try? Container(store: store, name: name),
+              let n = undo ? Undo.needed(c) : (number ?? c.snapshotNumbers().last),
+              let m = try? c.manifest(n) else { return false }
+        return m.isFilesOnly
+    }
+
+    static func rollbackLocked(_ c: Container, _ n: Int, preSnapshot: Bool, lazy: Bool, restart: Bool) throws -> RollbackResult {
         let id = "\(c.name)@\(n)"
         let started = DispatchTime.now()
         var preMs = 0.0, cloneMs = 0.0
+        let filesOnly = try c.manifest(n).isFilesOnly
+        if filesOnly && lazy {
+            throw CrsnapError(.usage, "\(id) is a files-only snapshot: it holds no memory to bring back lazily (drop --lazy); nothing was changed")
+        }
+        if filesOnly && !restart {
+            throw CrsnapError(.usage, "\(id) is a files-only snapshot (its processes were not checkpointed): rolling back to it puts its files back and starts the container's command afresh; pass --yes to do that. nothing was changed")
+        }
         // Images are a trust boundary: only complete snapshots whose images
         // match the checksums recorded at take time are restored.
         try Verify.require(c, n, doing: "rollback to \(id)")
@@ -143,7 +166,11 @@ public enum Rollback {
                 try holdMonitor(c, revert: prepare)
                 if c.isRunning && preSnapshot {
                     let t = DispatchTime.now()
-                    let p = try Take.takeLocked(c, TakeOptions(role: .preRollback)).number
+                    // Going to a files-only snapshot, the state left may not
+                    // be checkpointable either: then its files are kept.
+                    var o = TakeOptions(role: .preRollback)
+                    o.fallbackFilesOnly = filesOnly
+                    let p = try Take.takeLocked(c, o).number
                     preMs = milliseconds(since: t)
                     pre = p
                     prepare.push("delete the pre-rollback snapshot \(c.name)@\(p)") { try Snapshots.deleteLocked(c, p) }
@@ -168,7 +195,8 @@ public enum Rollback {
             stats.pre_rollback_ms = preMs
             stats.fs_ms += cloneMs
             stats.total_ms = milliseconds(since: started)
-            return RollbackResult(id: id, pid: restored.pid, pre_rollback: pre.map { "\(c.name)@\($0)" }, stats: stats)
+            return RollbackResult(id: id, pid: restored.pid, pre_rollback: pre.map { "\(c.name)@\($0)" }, restarted: filesOnly,
+                                  stats: stats)
         } catch {
             // The swap was undone: the files are as before the rollback.
             var message = "rollback to \(id) failed: \(error)\n"
@@ -241,7 +269,7 @@ public enum Rollback {
         guard c.store.backend.isVolume("\(snapDir)/fs") else {
             throw CrsnapError(.failed, "snapshot \(c.name)@\(n) is damaged: its filesystem snapshot \(snapDir)/fs is missing; nothing was changed")
         }
-        guard Sys.exists("\(snapDir)/images/inventory.img") else {
+        guard (try? c.manifest(n))?.isFilesOnly == true || Sys.exists("\(snapDir)/images/inventory.img") else {
             throw CrsnapError(.failed, "snapshot \(c.name)@\(n) is damaged: \(snapDir)/images/inventory.img is missing; nothing was changed")
         }
     }
@@ -331,8 +359,9 @@ public enum Rollback {
         revert.push("unmount the new root") { try unmountRoot(c) }
         let fsMs = milliseconds(since: t)
         try fault("rollback.restore")
-        let reply = try MonitorChannel.request(dir: c.dir, restoreRequest(c, n, m, lazy: lazy),
-                                               afterSend: { try fault("rollback.restoring") })
+        // A files-only snapshot: the command starts afresh on its files.
+        let request = m.isFilesOnly ? "launch\n\(m.id)" : restoreRequest(c, n, m, lazy: lazy)
+        let reply = try MonitorChannel.request(dir: c.dir, request, afterSend: { try fault("rollback.restoring") })
         guard var restored = Restored(reply: reply) else {
             // The caller says what was being done: the monitor's own words.
             throw CrsnapError(.failed, MonitorChannel.words(reply))

@@ -42,6 +42,8 @@ public enum Show {
         public var type: String
         public var created: Date
         public var stopped: Bool
+        /// Files only: no processes (a rollback to it restarts the command).
+        public var fs_only: Bool
         public var criu_version: String?
         public var filesystems: [Filesystem]
         public var unlinked: [UnlinkedFile]
@@ -77,7 +79,7 @@ public enum Show {
         }
         return Description(
             id: m.id, container: m.container, tag: m.tag, type: m.snapshotRole.rawValue, created: m.created,
-            stopped: m.stopped ?? false, criu_version: m.criu_version, filesystems: filesystems,
+            stopped: m.stopped ?? false, fs_only: m.isFilesOnly, criu_version: m.criu_version, filesystems: filesystems,
             unlinked: (m.unlinked ?? []).map {
                 UnlinkedFile(path: $0.path, size: $0.size, captured: $0.captured.rawValue, held: $0.held, mapped: $0.mapped)
             },

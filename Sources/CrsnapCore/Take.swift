@@ -20,6 +20,8 @@ struct Journal: Codable {
 /// The steps of one take, as seen by the transaction. The real ones call CRIU
 /// and btrfs; unit tests fake them.
 public protocol TakeSteps: AnyObject {
+    /// Files only: `dump` freezes, snapshots and returns without CRIU.
+    var filesOnly: Bool { get }
     /// Flush the container's filesystem (before the freeze).
     func flush() throws
     /// Snapshot the writable volume into `destination` (tasks are frozen).
@@ -47,6 +49,7 @@ public protocol TakeSteps: AnyObject {
 }
 
 extension TakeSteps {
+    public var filesOnly: Bool { false }
     public func captureUnlinked(into dir: String) throws -> Unlinked.Captured { Unlinked.Captured() }
     public func warnings() -> [String] { [] }
     public func freeze() throws {}
@@ -69,6 +72,10 @@ public struct TakeResult: Codable {
     /// What the snapshot does not hold although the container uses it, e.g.
     /// file locks shared with processes outside the container.
     public var warnings: [String]?
+    /// Files only: no processes in it (`--fs-only`, or the fallback).
+    public var fs_only = false
+    /// With `--fallback fs-only`: why the checkpoint failed, when it did.
+    public var fallback_reason: String?
 }
 
 public struct TakeOptions {
@@ -84,6 +91,10 @@ public struct TakeOptions {
     public static let defaultFreezeTimeout = 5.0
     /// Where CRIU writes the images during the freeze (see `ImageStaging`).
     public var stage = ImageStaging.Mode.auto
+    /// Files only, no CRIU: the tasks are frozen for the filesystem snapshot alone.
+    public var filesOnly = false
+    /// When the checkpoint fails, take a files-only snapshot instead.
+    public var fallbackFilesOnly = false
 
     public init(tag: String? = nil, role: SnapshotRole = .single, pair: Int? = nil, stop: Bool = false,
                 freezeTimeout: Double = TakeOptions.defaultFreezeTimeout) {
@@ -122,15 +133,39 @@ public enum Take {
 
     /// take with the container's lock held by the caller.
     static func takeLocked(_ c: Container, _ o: TakeOptions) throws -> TakeResult {
+        if o.filesOnly || !o.fallbackFilesOnly { return try takeOnce(c, o, filesOnly: o.filesOnly) }
+        do {
+            return try takeOnce(c, o, filesOnly: false)
+        } catch {
+            // The container must still be there to be snapshotted.
+            _ = try c.runningInit()
+            let why = "\(error)".split(separator: "\n").prefix { !$0.hasPrefix("no snapshot was added") }.joined(separator: "\n")
+            Progress.warn("\(why)\ntake \(c.name): the checkpoint failed; taking a files-only snapshot instead (--fallback fs-only)")
+            var r = try takeOnce(c, o, filesOnly: true)
+            r.fallback_reason = why
+            r.warnings = (r.warnings ?? []) + ["the checkpoint failed, so this snapshot holds the files only; a rollback to it restarts the container's command"]
+            return r
+        }
+    }
+
+    static func takeOnce(_ c: Container, _ o: TakeOptions, filesOnly: Bool) throws -> TakeResult {
         let initPid = try c.runningInit()
         let config = try c.config()
         guard let state = c.state() else { throw CrsnapError(.conflict, "container \"\(c.name)\" has no state") }
         let cg = try c.cgroup()
-        let (criu, version) = try CriuCheck.usable(for: "take \(c.name)")
-        // What CRIU would fail on after the freeze is refused before it.
-        let preflight = try TakePreflight.requireTakeable(c)
+        let criu: Criu?, version: String?
+        var preflight: TakePreflight.Report?
+        if filesOnly {
+            (criu, version) = (nil, nil)
+        } else {
+            let (found, v) = try CriuCheck.usable(for: "take \(c.name)")
+            (criu, version) = (found, v.description)
+            // What CRIU would fail on after the freeze is refused before it.
+            preflight = try TakePreflight.requireTakeable(c)
+        }
         let steps = RealTakeSteps(container: c, criu: criu, initPid: initPid, cgroup: cg)
-        steps.preflightWarnings = preflight.warnings.map(\.description)
+        steps.filesOnly = filesOnly
+        steps.preflightWarnings = preflight?.warnings.map(\.description) ?? []
         steps.leaveRunning = !o.stop
         steps.freezeTimeout = o.freezeTimeout
         steps.stage = o.stage
@@ -143,24 +178,26 @@ public enum Take {
             r = try run(container: c, tag: o.tag, steps: steps) { number, stats in
                 var m = Manifest(id: "\(c.name)@\(number)", container: c.name, number: number, tag: o.tag, created: Date(),
                                  kind: config.kind, backend: c.store.backend.name, log_pipe: state.logPipe,
-                                 init_pid_ns: nsPid, criu_version: version.description, stats: stats)
+                                 init_pid_ns: nsPid, criu_version: version, stats: stats)
                 m.role = o.role
                 m.pair = o.pair
                 m.stopped = o.stop ? true : nil
                 m.volumes = config.volumes
                 m.tmpfs = config.tmpfs
-                m.stats.preflight_ms = preflight.preflight_ms
+                m.stats.preflight_ms = preflight?.preflight_ms
+                m.fs_only = filesOnly ? true : nil
                 return m
             }
         } catch {
-            var message = "take \(c.name) failed: \(error)"
+            var message = "\(filesOnly ? "files-only take" : "take") \(c.name) failed: \(error)"
             if !"\(error)".contains("No space left"),
                let hint = Space.hint(c.store, needed: c.manifests().last?.stats.images_bytes ?? 0) {
                 message += "\n" + hint
             }
             throw CrsnapError(.failed, message + "\nno snapshot was added; the container runs on")
         }
-        r.stats.preflight_ms = preflight.preflight_ms
+        r.stats.preflight_ms = preflight?.preflight_ms
+        r.fs_only = filesOnly
         r.role = o.role
         r.pair = o.pair
         r.stopped = o.stop
@@ -247,7 +284,7 @@ public enum Take {
             guard snapshotted, steps.isVolume(fsSnap) else {
                 throw CrsnapError(.failed, "take \(c.name): CRIU finished without the post-dump notification; no filesystem snapshot was taken")
             }
-            guard Sys.exists("\(images)/inventory.img") else {
+            guard steps.filesOnly || Sys.exists("\(images)/inventory.img") else {
                 throw CrsnapError(.failed, "take \(c.name): CRIU wrote no inventory.img in \(images)")
             }
             try Faults.check("take.manifest")
@@ -290,7 +327,9 @@ public enum Take {
 
 final class RealTakeSteps: TakeSteps, CriuNotifyHandler {
     let container: Container
-    let criu: Criu
+    /// nil for a files-only take.
+    let criu: Criu?
+    var filesOnly = false
     let initPid: pid_t
     let cgroup: FreezerCgroup
     var preDump: (() throws -> Void)?
@@ -307,7 +346,7 @@ final class RealTakeSteps: TakeSteps, CriuNotifyHandler {
     /// The container's tmpfs mounts (their contents go into the images).
     var tmpfs: [String] = []
 
-    init(container: Container, criu: Criu, initPid: pid_t, cgroup: FreezerCgroup) {
+    init(container: Container, criu: Criu?, initPid: pid_t, cgroup: FreezerCgroup) {
         self.container = container
         self.criu = criu
         self.initPid = initPid
@@ -331,6 +370,15 @@ final class RealTakeSteps: TakeSteps, CriuNotifyHandler {
               onPostDump: @escaping () throws -> Void) throws -> DumpStats {
         preDump = onPreDump
         postDump = onPostDump
+        guard let criu, !filesOnly else {
+            // Files only: freeze (after the flush), snapshot, and the caller thaws.
+            let t = DispatchTime.now()
+            try onPreDump()
+            try onPostDump()
+            var stats = DumpStats.none
+            stats.frozenMs = milliseconds(since: t)
+            return stats
+        }
         var req = DumpRequest(pid: initPid, imagesDir: imagesDir, freezeCgroup: cgroup)
         req.leaveRunning = leaveRunning
         // Bind mounts from the host are external to CRIU: "mnt[PATH]:KEY".
@@ -387,7 +435,7 @@ final class RealTakeSteps: TakeSteps, CriuNotifyHandler {
     }
 
     func stageImages(at dir: String) throws -> ImageStaging.Plan? {
-        if stage == .store { return nil }
+        if stage == .store || filesOnly { return nil }
         let tmpfsBytes = tmpfs.reduce(UInt64(0)) { $0 + (Space.usedBytes("/proc/\(initPid)/root\($1)") ?? 0) }
         let plan = ImageStaging.plan(tasks: cgroup.procs(), tmpfsBytes: tmpfsBytes)
         let mem = ImageStaging.meminfo()

@@ -56,6 +56,9 @@ public struct RestoreRequest {
 
 /// CRIU's own account of a dump, from its stats-dump file.
 public struct DumpStats: Codable, Equatable {
+    /// For a snapshot CRIU took no part in (files only): its figures are 0.
+    public static let none = DumpStats(freezingMs: 0, frozenMs: 0, memdumpMs: 0, memwriteMs: 0, pagesWritten: 0)
+
     public var freezingMs: Double
     public var frozenMs: Double
     public var memdumpMs: Double

@@ -60,6 +60,15 @@ func reporting<T>(_ body: () throws -> T) throws -> T {
     }
 }
 
+/// On a terminal: asks whether to restart the container's command from the
+/// files-only snapshot `what`. Elsewhere false (a script passes --yes).
+func confirmRestart(_ what: String) -> Bool {
+    guard isatty(0) == 1, isatty(2) == 1 else { return false }
+    FileHandle.standardError.write(Data("crsnap: \(what) is a files-only snapshot: its files come back and the container's command starts afresh (its processes are not in it). Go on? [y/N] ".utf8))
+    guard let answer = readLine()?.trimmingCharacters(in: .whitespaces).lowercased() else { return false }
+    return answer == "y" || answer == "yes"
+}
+
 func printJSON<T: Encodable>(_ value: T) throws {
     let e = JSONEncoder()
     e.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]

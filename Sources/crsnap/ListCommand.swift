@@ -8,10 +8,12 @@ struct ListCommand: ParsableCommand {
         abstract: "List a container's snapshots.",
         discussion: """
         TYPE is single (take), pre or post (a pair: post(N) names its pre), or
-        pre-rollback (what a rollback replaced; `rollback --undo` returns to it).
+        pre-rollback (what a rollback replaced; `rollback --undo` returns to it);
+        fs-only for a snapshot of the files alone (take --fs-only or
+        --fallback fs-only; ",fs-only" after another type).
         --json prints one object per snapshot: id, number, type, pair, tag,
         created, age_seconds, pause_ms, frozen_ms, fs_snapshot_ms, images_bytes,
-        stopped. PAUSE(ms) is how long the container stood still for the take,
+        stopped, fs_only. PAUSE(ms) is how long the container stood still for the take,
         from crsnap's freeze request to the thaw: what a client of the service
         waited at most ("-" for snapshots from before crsnap measured it).
         """
@@ -34,6 +36,7 @@ struct ListCommand: ParsableCommand {
         var fs_snapshot_ms: Double
         var images_bytes: UInt64
         var stopped: Bool
+        var fs_only: Bool
     }
 
     func run() throws {
@@ -52,11 +55,12 @@ struct ListCommand: ParsableCommand {
                 Row(id: m.id, number: m.number, type: m.snapshotRole.rawValue, pair: partner[m.number].map { "\(name)@\($0)" },
                     tag: m.tag, created: m.created, age_seconds: Int(Date().timeIntervalSince(m.created)),
                     pause_ms: m.stats.pause_ms, frozen_ms: m.stats.frozen_ms, fs_snapshot_ms: m.stats.fs_snapshot_ms,
-                    images_bytes: m.stats.images_bytes, stopped: m.stopped ?? false)
+                    images_bytes: m.stats.images_bytes, stopped: m.stopped ?? false, fs_only: m.isFilesOnly)
             }
             if json { return try printJSON(rows) }
             printTable(["ID", "TYPE", "TAG", "CREATED", "AGE", "PAUSE(ms)", "SIZE"], rows.map { r in
-                let type = r.pair.map { "\(r.type)(\($0.split(separator: "@").last!))" } ?? r.type
+                var type = r.pair.map { "\(r.type)(\($0.split(separator: "@").last!))" } ?? r.type
+                if r.fs_only { type = type == "single" ? "fs-only" : type + ",fs-only" }
                 return [r.id, type + (r.stopped ? ",stopped" : ""), r.tag ?? "-", formatDate(r.created), formatAge(r.age_seconds),
                         r.pause_ms.map { String(format: "%.0f", $0) } ?? "-", formatBytes(r.images_bytes)]
             })

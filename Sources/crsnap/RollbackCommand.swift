@@ -35,7 +35,9 @@ struct RollbackCommand: ParsableCommand {
     var noPreSnapshot = false
     @Flag(help: "Restore the processes' memory on demand (CRIU lazy pages): they run before all of it is back.")
     var lazy = false
-    @Flag(help: "Print JSON: id, pid, pre_rollback, stats (total_ms; pre_rollback_ms, the snapshot of the state replaced; flush_ms, writing the store's dirty data back while the tasks still run; kill_ms, stopping the tasks; fs_ms, the snapshot's files put in place (keep_ms of it copying run --keep paths); restore_ms, CRIU's restore; lazy_pages_ms, with --lazy the time the tasks ran before all their memory was back; locks_checked, locks_repaired, lock_repair_ms).") var json = false
+    @Flag(help: "Agree that rolling back to a files-only snapshot restarts the container's command (asked on a terminal; needed in scripts).")
+    var yes = false
+    @Flag(help: "Print JSON: id, pid, pre_rollback, restarted (the command was started afresh: a files-only snapshot), stats (total_ms; pre_rollback_ms, the snapshot of the state replaced; flush_ms, writing the store's dirty data back while the tasks still run; kill_ms, stopping the tasks; fs_ms, the snapshot's files put in place (keep_ms of it copying run --keep paths); restore_ms, CRIU's restore; lazy_pages_ms, with --lazy the time the tasks ran before all their memory was back; locks_checked, locks_repaired, lock_repair_ms).") var json = false
     @Argument(help: ArgumentHelp("Snapshot id NAME@N (with --undo: the container NAME).", valueName: "target"))
     var target: String
 
@@ -45,11 +47,18 @@ struct RollbackCommand: ParsableCommand {
             let r: RollbackResult
             if undo {
                 try Names.validate(target)
-                r = try Rollback.undo(store: try store(), name: target, lazy: lazy)
+                let s = try store()
+                let restart = yes || (Rollback.isFilesOnly(store: s, name: target, number: nil, undo: true)
+                                      && confirmRestart("the state the last rollback of \(target) replaced"))
+                r = try Rollback.undo(store: s, name: target, lazy: lazy, restart: restart)
             } else {
                 let sid = try SnapshotID(parsing: target)
-                r = try Rollback.rollback(store: try store(), id: sid, preSnapshot: !noPreSnapshot, lazy: lazy)
+                let s = try store()
+                let restart = yes || (Rollback.isFilesOnly(store: s, name: sid.container, number: sid.number)
+                                      && confirmRestart("\(sid)"))
+                r = try Rollback.rollback(store: s, id: sid, preSnapshot: !noPreSnapshot, lazy: lazy, restart: restart)
             }
+            if r.restarted { Progress.note("\(r.id) holds files only: the container's command was started afresh (init pid \(r.pid))") }
             if let pre = r.pre_rollback { Progress.note("replaced state kept as \(pre) (crsnap rollback --undo to return)") }
             if json { try printJSON(r) }
         }
@@ -64,12 +73,16 @@ struct ResumeCommand: ParsableCommand {
     @OptionGroup var storeOptions: StoreOptions
     @Flag(help: "Restore the processes' memory on demand (CRIU lazy pages), as rollback --lazy.")
     var lazy = false
+    @Flag(help: "Agree that resuming from a files-only snapshot starts the container's command afresh (asked on a terminal; needed in scripts).")
+    var yes = false
     @Argument(help: "Container name.") var name: String
 
     func run() throws {
         try reporting {
             try Names.validate(name)
-            let r = try Rollback.resume(store: try storeOptions.openExisting(), name: name, lazy: lazy)
+            let s = try storeOptions.openExisting()
+            let restart = yes || (Rollback.isFilesOnly(store: s, name: name, number: nil) && confirmRestart("the newest snapshot of \(name)"))
+            let r = try Rollback.resume(store: s, name: name, lazy: lazy, restart: restart)
             Progress.note("resumed \(name) from \(r.id)")
         }
     }

@@ -14,7 +14,7 @@ struct ShowCommand: ParsableCommand {
         the CRIU images) and its volumes (snapshotted when the volume is a btrfs
         subvolume on the store's filesystem, otherwise not rolled back) and the
         container's paths kept across rollback (run --keep).
-        --json prints: id, container, tag, type, created, stopped, criu_version,
+        --json prints: id, container, tag, type, created, stopped, fs_only, criu_version,
         filesystems, unlinked, tmpfs, volumes, kept, stats, container_state (running
         or stopped) and container_reason (when the container's processes are
         gone without crsnap stopping them: a reboot, an ended pid namespace).
@@ -30,7 +30,7 @@ struct ShowCommand: ParsableCommand {
             let sid = try SnapshotID(parsing: id)
             let d = try Show.describe(store: try storeOptions.openExisting(), id: sid)
             if json { return try printJSON(d) }
-            print("\(d.id)  \(d.type)\(d.stopped ? ", stopped" : "")  created \(formatDate(d.created))"
+            print("\(d.id)  \(d.type)\(d.fs_only ? ", files only (no processes)" : "")\(d.stopped ? ", stopped" : "")  created \(formatDate(d.created))"
                   + (d.tag.map { "  tag \($0)" } ?? "") + (d.stats.pause_ms.map { String(format: "  paused %.0f ms", $0) } ?? "")
                   + String(format: "  frozen %.0f ms", d.stats.frozen_ms))
             print("container \(d.container): \(d.container_state)" + (d.container_reason.map { " — \($0)" } ?? ""))

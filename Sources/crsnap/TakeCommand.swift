@@ -27,7 +27,15 @@ struct TakeCommand: ParsableCommand {
         with `crsnap prune NAME --save` is applied after each take. A file lock
         the container holds on a file that a process outside it also locks (a
         volume, a host path) is named in a warning: the outside side is not
-        part of the snapshot.
+        part of the snapshot. What CRIU would fail on (crsnap doctor NAME) is
+        refused before anything is frozen.
+
+        --fs-only takes the files alone: the tasks are frozen for the
+        filesystem snapshot only, CRIU takes no part (list shows TYPE
+        fs-only). --fallback fs-only does that when the checkpoint fails,
+        saying why on stderr (`fallback_reason` in --json). A rollback to a
+        files-only snapshot puts its files back and starts the container's
+        command afresh (rollback --yes in scripts).
         """
     )
 
@@ -42,7 +50,11 @@ struct TakeCommand: ParsableCommand {
     var freezeTimeout: Double = TakeOptions.defaultFreezeTimeout
     @Option(help: ArgumentHelp("Where CRIU writes the images while the tasks are frozen: memory (a tmpfs; copied into the store after the thaw, which makes the pause of a large container about half as long), store, or auto: memory when the machine has the images' size to spare beside 1 GiB or a tenth of its RAM, else the store.", valueName: "auto|memory|store"))
     var stage: ImageStaging.Mode = .auto
-    @Flag(help: "Print JSON: id, container, tag, created, stats (pause_ms: freeze request to thaw, what a client waits; freezing_ms: freeze request to all tasks frozen; frozen_ms: CRIU's seize to resume; fs_snapshot_ms, dump_ms, images_bytes; staging_copy_ms when the images were staged in memory; preflight_ms, the checks before the freeze (crsnap doctor NAME); unlinked_bytes, copied_bytes, reflinked_bytes where they apply), criu (CRIU's own figures), warnings (e.g. file locks shared with processes outside the container, TCP connections to peers outside it).")
+    @Flag(help: "Snapshot the files only, no processes (no CRIU; frozen for the filesystem snapshot alone).")
+    var fsOnly = false
+    @Option(help: ArgumentHelp("What to take when the checkpoint fails: fs-only (the files alone, saying so). Default: nothing.", valueName: "fs-only"))
+    var fallback: String?
+    @Flag(help: "Print JSON: id, fs_only, fallback_reason, container, tag, created, stats (pause_ms: freeze request to thaw, what a client waits; freezing_ms: freeze request to all tasks frozen; frozen_ms: CRIU's seize to resume; fs_snapshot_ms, dump_ms, images_bytes; staging_copy_ms when the images were staged in memory; preflight_ms, the checks before the freeze (crsnap doctor NAME); unlinked_bytes, copied_bytes, reflinked_bytes where they apply), criu (CRIU's own figures), warnings (e.g. file locks shared with processes outside the container, TCP connections to peers outside it).")
     var json = false
     @Argument(help: "Container name.") var name: String
 
@@ -52,6 +64,17 @@ struct TakeCommand: ParsableCommand {
             if let tag { try Names.validate(tag, what: "tag") }
             var o = TakeOptions(tag: tag, role: pre ? .pre : .single, stop: stop, freezeTimeout: freezeTimeout)
             o.stage = stage
+            o.filesOnly = fsOnly
+            if let fallback {
+                guard fallback == "fs-only" else {
+                    throw CrsnapError(.usage, "invalid --fallback \"\(fallback)\": the only fallback is fs-only")
+                }
+                guard !fsOnly else { throw CrsnapError(.usage, "--fallback fs-only is for a checkpoint; --fs-only takes none") }
+                o.fallbackFilesOnly = true
+            }
+            if stop && (fsOnly || fallback != nil) {
+                throw CrsnapError(.usage, "--stop keeps the processes in the snapshot; a files-only snapshot holds none (use crsnap stop after the take)")
+            }
             if let post {
                 guard !pre else { throw CrsnapError(.usage, "--pre and --post exclude each other") }
                 let sid = try SnapshotID(parsing: post)

@@ -205,7 +205,7 @@ final class MoreBadInputTests: ReliabilityCase {
             Case(args: ["run", "ünï", "--", "true"], status: 64, mentions: "ü"),
             Case(args: ["list", "a\u{7}b"], status: 64, mentions: "U+7"),
             Case(args: ["exec", "", "--", "true"], status: 64, mentions: "empty"),
-            Case(args: ["doctor", "somename"], status: 64, mentions: "--repair"),
+            Case(args: ["doctor", "somename"], status: 3, mentions: "no container named \"somename\""),
             Case(args: ["doctor", "--repair", "nobody"], status: 3, mentions: "nobody"),
             Case(args: ["doctor", "--repair", "../x"], status: 64, mentions: "../x"),
             Case(args: ["ps"], store: "", status: 64, mentions: "empty"),

@@ -64,6 +64,8 @@ final class FaultTests: ReliabilityCase {
         }
         let ids = try listed(c)
         XCTAssertEqual(ids.count, 2, "the pre-rollback snapshot is kept: \(ids)")
+        XCTAssertEqual(ids.first, id, "a failed restore never discards the snapshot it came from")
+        XCTAssertEqual(try crsnap(["verify", id]).status, 0, "and it is whole")
         let pre = Int(ids.last!.split(separator: "@").last!)!
         let preLast = counterLines(c.snapshotWorkloadLog(pre)).last ?? 0
         XCTAssertGreaterThan(preLast, counterLines(c.snapshotWorkloadLog(1)).last ?? 0)
