@@ -6,7 +6,8 @@ import Foundation
 ///
 /// A snapshot goes only when every limit that is set agrees: beyond the newest
 /// `keepLast` AND older than `olderThan`. `maxImagesBytes` then deletes the
-/// oldest remaining candidates until the container's snapshot images fit.
+/// oldest remaining candidates until the container's snapshots fit: their
+/// images and their files' exclusive bytes (`Snapshots.filesystemBytes`).
 /// Never deleted: the newest snapshot, tagged ones with `keepTagged`, the
 /// snapshot the last rollback's undo needs, and half of a pre/post pair whose
 /// other half stays.
@@ -15,6 +16,8 @@ public struct RetentionPolicy: Codable, Equatable, Sendable {
     public var keepTagged: Bool
     /// Seconds.
     public var olderThan: Double?
+    /// The size limit (`--max-size`): images and exclusive file bytes (the
+    /// name is older than the second half, and kept for saved policies).
     public var maxImagesBytes: UInt64?
 
     public init(keepLast: Int? = nil, keepTagged: Bool = false, olderThan: Double? = nil, maxImagesBytes: UInt64? = nil) {
@@ -36,20 +39,28 @@ public struct SnapshotInfo: Equatable, Sendable {
     public var role: SnapshotRole
     public var pair: Int?
     public var imagesBytes: UInt64
+    /// The bytes of its files no other snapshot or the live container
+    /// shares, as measured before the prune (0 where unknown).
+    public var fsExclusiveBytes: UInt64
 
-    public init(number: Int, created: Date, tagged: Bool, role: SnapshotRole, pair: Int?, imagesBytes: UInt64) {
+    public init(number: Int, created: Date, tagged: Bool, role: SnapshotRole, pair: Int?, imagesBytes: UInt64,
+                fsExclusiveBytes: UInt64 = 0) {
         self.number = number
         self.created = created
         self.tagged = tagged
         self.role = role
         self.pair = pair
         self.imagesBytes = imagesBytes
+        self.fsExclusiveBytes = fsExclusiveBytes
     }
 
-    init(_ m: Manifest) {
+    init(_ m: Manifest, fsExclusiveBytes: UInt64 = 0) {
         self.init(number: m.number, created: m.created, tagged: m.tag != nil, role: m.snapshotRole, pair: m.pair,
-                  imagesBytes: m.stats.images_bytes)
+                  imagesBytes: m.stats.images_bytes, fsExclusiveBytes: fsExclusiveBytes)
     }
+
+    /// What the size limit counts.
+    var bytes: UInt64 { imagesBytes + fsExclusiveBytes }
 }
 
 public enum Retention {
@@ -77,8 +88,8 @@ public enum Retention {
         // The space limit: delete the oldest units (a snapshot, or a pair)
         // that may go, until the rest fit.
         if let max = policy.maxImagesBytes {
-            let bytes = Dictionary(uniqueKeysWithValues: snaps.map { ($0.number, $0.imagesBytes) })
-            var total = snaps.filter { !candidates.contains($0.number) }.reduce(UInt64(0)) { $0 + $1.imagesBytes }
+            let bytes = Dictionary(uniqueKeysWithValues: snaps.map { ($0.number, $0.bytes) })
+            var total = snaps.filter { !candidates.contains($0.number) }.reduce(UInt64(0)) { $0 + $1.bytes }
             for s in newestFirst.reversed() where total > max && !candidates.contains(s.number) {
                 let unit = [s.number] + (partner[s.number].map { [$0] } ?? [])
                 if unit.contains(where: { keep.contains($0) }) { continue }
@@ -102,8 +113,14 @@ public enum Retention {
     }
 
     /// What to delete now, and why the rest stays.
+    /// Extents shared only with a snapshot this deletes count as exclusive to
+    /// the others only afterwards: the next prune sees them.
     static func planFor(_ c: Container, policy: RetentionPolicy) -> [Int] {
-        plan(c.manifests().map(SnapshotInfo.init), policy: policy, now: Date(), undoNeeds: Undo.needed(c))
+        let measure = policy.maxImagesBytes != nil
+        let snaps = c.manifests().map { m in
+            SnapshotInfo(m, fsExclusiveBytes: measure ? Snapshots.filesystemBytes(c, m.number)?.exclusive ?? 0 : 0)
+        }
+        return plan(snaps, policy: policy, now: Date(), undoNeeds: Undo.needed(c))
     }
 
     /// Deletes what the policy says; returns the ids deleted (or that would be, with dryRun).

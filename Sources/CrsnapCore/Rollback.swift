@@ -140,6 +140,9 @@ public enum Rollback {
         let id = "\(c.name)@\(n)"
         let started = DispatchTime.now()
         var preMs = 0.0, cloneMs = 0.0
+        // Images are a trust boundary: only complete snapshots whose images
+        // match the checksums recorded at take time are restored.
+        try Verify.require(c, n, doing: "rollback to \(id)")
         let filesOnly = try c.manifest(n).isFilesOnly
         if filesOnly && lazy {
             throw CrsnapError(.usage, "\(id) is a files-only snapshot: it holds no memory to bring back lazily (drop --lazy); nothing was changed")
@@ -147,9 +150,6 @@ public enum Rollback {
         if filesOnly && !restart {
             throw CrsnapError(.usage, "\(id) is a files-only snapshot (its processes were not checkpointed): rolling back to it puts its files back and starts the container's command afresh; pass --yes to do that. nothing was changed")
         }
-        // Images are a trust boundary: only complete snapshots whose images
-        // match the checksums recorded at take time are restored.
-        try Verify.require(c, n, doing: "rollback to \(id)")
         try Keep.check(c, n, try c.config())
         let cg = try c.cgroup()
         try cg.create()

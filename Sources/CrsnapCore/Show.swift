@@ -52,6 +52,10 @@ public enum Show {
         /// The container's paths kept across rollback (`run --keep`): a
         /// rollback to this snapshot leaves their current contents.
         public var kept: [String]
+        /// The snapshot's files on disk: every data extent, and those no
+        /// other snapshot or the live container shares (nil: unknown).
+        public var fs_total_bytes: UInt64?
+        public var fs_exclusive_bytes: UInt64?
         public var stats: Manifest.Stats
         /// The container now: "running" or "stopped", and why it is stopped
         /// when its processes went without crsnap (see `Container.goneReason`).
@@ -73,6 +77,7 @@ public enum Show {
                                       read_only: caps.contains(.readOnlySnapshots) ? (try? Btrfs.isReadOnly(fs)) : nil)]
         if m.kind == .overlay { filesystems[0].holds += " (lower: the host's /, read-only)" }
         let live = c.liveness
+        let usage = Snapshots.filesystemBytes(c, id.number)
         let volumes = (m.volumes ?? []).map { v in
             VolumeInfo(host: v.host, mount: v.container, snapshotted: v.snapshotted,
                        snapshot: v.snapshotted ? "\(dir)/volumes/\(v.key)" : nil)
@@ -84,7 +89,8 @@ public enum Show {
                 UnlinkedFile(path: $0.path, size: $0.size, captured: $0.captured.rawValue, held: $0.held, mapped: $0.mapped)
             },
             tmpfs: (m.tmpfs ?? []).map { Tmpfs(mount: $0, captured: "contents in the CRIU images") },
-            volumes: volumes, kept: (try? c.config().keep ?? []) ?? [], stats: m.stats,
+            volumes: volumes, kept: (try? c.config().keep ?? []) ?? [],
+            fs_total_bytes: usage?.total, fs_exclusive_bytes: usage?.exclusive, stats: m.stats,
             container_state: live.running ? "running" : "stopped", container_reason: live.goneReason)
     }
 }

@@ -41,3 +41,25 @@ public enum Snapshots {
         try Sys.removeTree(dir)
     }
 }
+
+extension Snapshots {
+    /// Snapshot `n`'s filesystem half on disk (its fs volume, the volumes
+    /// snapshotted with it, the unlinked files captured): all of its data
+    /// extents and those no other snapshot or the live container shares,
+    /// measured now (deleting another snapshot can make more of them
+    /// exclusive). nil where the filesystem cannot tell.
+    public static func filesystemBytes(_ c: Container, _ n: Int) -> ExtentUsage.Bytes? {
+        let dir = c.snapshotDir(n)
+        var roots = ["\(dir)/fs"]
+        for sub in ["volumes", "unlinked"] {
+            let d = "\(dir)/\(sub)"
+            guard Sys.isDirectory(d) else { continue }
+            if sub == "volumes" {
+                roots += ((try? FileManager.default.contentsOfDirectory(atPath: d)) ?? []).sorted().map { "\(d)/\($0)" }
+            } else {
+                roots.append(d)
+            }
+        }
+        return ExtentUsage.measure(roots.filter(Sys.exists))
+    }
+}

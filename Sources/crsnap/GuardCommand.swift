@@ -88,7 +88,10 @@ struct PruneCommand: ParsableCommand {
         discussion: """
         A snapshot goes only when every limit given agrees: beyond the newest
         --keep-last AND older than --older-than. --max-size then deletes the
-        oldest remaining candidates until the container's snapshot images fit.
+        oldest remaining candidates until the container's snapshots fit: their
+        images and the bytes of their files no other snapshot or the live
+        container shares (FS EXCL in crsnap list), as measured before the
+        prune (extents shared only with a deleted snapshot count at the next one).
         Never deleted: the newest snapshot, tagged ones with --keep-tagged, the
         snapshot `rollback --undo` needs, and half of a pre/post pair whose
         other half stays. --save stores the policy for this container: prune
@@ -102,7 +105,7 @@ struct PruneCommand: ParsableCommand {
     @Flag(help: "Keep every tagged snapshot.") var keepTagged = false
     @Option(help: ArgumentHelp("Only delete snapshots older than this (e.g. 30m, 12h, 7d, 2w).", valueName: "age"))
     var olderThan: String?
-    @Option(help: ArgumentHelp("Keep the container's snapshot images under this size (e.g. 500M, 2G).", valueName: "size"))
+    @Option(help: ArgumentHelp("Keep the container's snapshots (images and exclusive file bytes) under this size (e.g. 500M, 2G).", valueName: "size"))
     var maxSize: String?
     @Flag(help: "Save these limits as the container's policy (applied after every take).") var save = false
     @Flag(help: "List what would be deleted; delete nothing.") var dryRun = false

@@ -13,7 +13,10 @@ struct ListCommand: ParsableCommand {
         --fallback fs-only; ",fs-only" after another type).
         --json prints one object per snapshot: id, number, type, pair, tag,
         created, age_seconds, pause_ms, frozen_ms, fs_snapshot_ms, images_bytes,
-        stopped, fs_only. PAUSE(ms) is how long the container stood still for the take,
+        stopped, fs_only, fs_exclusive_bytes. IMAGES is the size of the CRIU
+        images; FS EXCL the bytes of the snapshot's files that no other
+        snapshot and not the live container share (the data extents that
+        deleting it frees now; "?" where the filesystem cannot tell). PAUSE(ms) is how long the container stood still for the take,
         from crsnap's freeze request to the thaw: what a client of the service
         waited at most ("-" for snapshots from before crsnap measured it).
         """
@@ -37,6 +40,8 @@ struct ListCommand: ParsableCommand {
         var images_bytes: UInt64
         var stopped: Bool
         var fs_only: Bool
+        /// nil: the filesystem cannot tell.
+        var fs_exclusive_bytes: UInt64?
     }
 
     func run() throws {
@@ -55,14 +60,16 @@ struct ListCommand: ParsableCommand {
                 Row(id: m.id, number: m.number, type: m.snapshotRole.rawValue, pair: partner[m.number].map { "\(name)@\($0)" },
                     tag: m.tag, created: m.created, age_seconds: Int(Date().timeIntervalSince(m.created)),
                     pause_ms: m.stats.pause_ms, frozen_ms: m.stats.frozen_ms, fs_snapshot_ms: m.stats.fs_snapshot_ms,
-                    images_bytes: m.stats.images_bytes, stopped: m.stopped ?? false, fs_only: m.isFilesOnly)
+                    images_bytes: m.stats.images_bytes, stopped: m.stopped ?? false, fs_only: m.isFilesOnly,
+                    fs_exclusive_bytes: Snapshots.filesystemBytes(c, m.number)?.exclusive)
             }
             if json { return try printJSON(rows) }
-            printTable(["ID", "TYPE", "TAG", "CREATED", "AGE", "PAUSE(ms)", "SIZE"], rows.map { r in
+            printTable(["ID", "TYPE", "TAG", "CREATED", "AGE", "PAUSE(ms)", "IMAGES", "FS EXCL"], rows.map { r in
                 var type = r.pair.map { "\(r.type)(\($0.split(separator: "@").last!))" } ?? r.type
                 if r.fs_only { type = type == "single" ? "fs-only" : type + ",fs-only" }
                 return [r.id, type + (r.stopped ? ",stopped" : ""), r.tag ?? "-", formatDate(r.created), formatAge(r.age_seconds),
-                        r.pause_ms.map { String(format: "%.0f", $0) } ?? "-", formatBytes(r.images_bytes)]
+                        r.pause_ms.map { String(format: "%.0f", $0) } ?? "-", formatBytes(r.images_bytes),
+                        r.fs_exclusive_bytes.map(formatBytes) ?? "?"]
             })
         }
     }

@@ -13,9 +13,14 @@ struct ShowCommand: ParsableCommand {
         bytes were reflinked or copied), its tmpfs mounts (their contents are in
         the CRIU images) and its volumes (snapshotted when the volume is a btrfs
         subvolume on the store's filesystem, otherwise not rolled back) and the
-        container's paths kept across rollback (run --keep).
+        container's paths kept across rollback (run --keep), and what it costs
+        on disk: its images, and of its files' data the bytes no other
+        snapshot or the live container shares (what deleting it frees now).
+        fs_total_bytes, fs_exclusive_bytes in --json (null: the filesystem
+        cannot tell).
         --json prints: id, container, tag, type, created, stopped, fs_only, criu_version,
-        filesystems, unlinked, tmpfs, volumes, kept, stats, container_state (running
+        filesystems, unlinked, tmpfs, volumes, kept, fs_total_bytes,
+        fs_exclusive_bytes, stats, container_state (running
         or stopped) and container_reason (when the container's processes are
         gone without crsnap stopping them: a reboot, an ended pid namespace).
         """
@@ -34,6 +39,8 @@ struct ShowCommand: ParsableCommand {
                   + (d.tag.map { "  tag \($0)" } ?? "") + (d.stats.pause_ms.map { String(format: "  paused %.0f ms", $0) } ?? "")
                   + String(format: "  frozen %.0f ms", d.stats.frozen_ms))
             print("container \(d.container): \(d.container_state)" + (d.container_reason.map { " — \($0)" } ?? ""))
+            print("\nSIZE: images \(formatBytes(d.stats.images_bytes)); files \(d.fs_exclusive_bytes.map(formatBytes) ?? "?") exclusive"
+                  + (d.fs_total_bytes.map { " of \(formatBytes($0)) in all" } ?? " (the filesystem cannot tell)"))
             print("\nFILE SYSTEMS")
             printTable(["MOUNT", "HOLDS", "CAPTURED", "SNAPSHOT"], d.filesystems.map {
                 [$0.mount, $0.holds, $0.captured + ($0.read_only == true ? ", read-only" : ""), $0.snapshot]

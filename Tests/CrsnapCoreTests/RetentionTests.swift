@@ -107,6 +107,20 @@ final class RetentionTests: XCTestCase {
         XCTAssertEqual(Retention.plan(h, policy: RetentionPolicy(keepTagged: true), now: now, undoNeeds: nil), [], "no limit")
     }
 
+    func testMaxSizeCountsImagesAndExclusiveFileBytes() {
+        let now = Date()
+        func s(_ n: Int, images: UInt64, files: UInt64) -> SnapshotInfo {
+            SnapshotInfo(number: n, created: now.addingTimeInterval(Double(n - 10) * 3600), tagged: false, role: .single,
+                         pair: nil, imagesBytes: images, fsExclusiveBytes: files)
+        }
+        let h = [s(1, images: 10, files: 100), s(2, images: 10, files: 0), s(3, images: 10, files: 5)]
+        // Images alone (30) fit in 50; with @1's 100 exclusive bytes they do not.
+        XCTAssertEqual(Retention.plan(h, policy: RetentionPolicy(maxImagesBytes: 50), now: now, undoNeeds: nil), [1])
+        XCTAssertEqual(Retention.plan(h, policy: RetentionPolicy(maxImagesBytes: 135), now: now, undoNeeds: nil), [])
+        XCTAssertEqual(Retention.plan(h, policy: RetentionPolicy(maxImagesBytes: 10), now: now, undoNeeds: nil), [1, 2],
+                       "the newest stays whatever it costs")
+    }
+
     func testParseAgeAndSize() throws {
         XCTAssertEqual(try Retention.parseAge("7d"), 7 * 86400)
         XCTAssertEqual(try Retention.parseAge("90m"), 5400)

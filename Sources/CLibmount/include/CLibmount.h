@@ -103,4 +103,13 @@ struct crsnap_unix_socket {
 /// or -1 with errno set.
 int crsnap_unix_sockets(struct crsnap_unix_socket *out, int max);
 
+/// Data extents of the regular files below `root` (one filesystem; nested
+/// subvolumes and mounts are not entered), as FIEMAP reports them: all of
+/// their bytes into *total and those of extents no other file or snapshot
+/// shares (no FIEMAP_EXTENT_SHARED) into *exclusive; as `btrfs filesystem
+/// du` counts: inline, delalloc and unknown extents left out, a file with
+/// several names once. Returns 0, or -1 with errno set (EOPNOTSUPP: the
+/// filesystem has no FIEMAP). Not thread-safe.
+int crsnap_extent_bytes(const char *root, uint64_t *total, uint64_t *exclusive);
+
 #endif
