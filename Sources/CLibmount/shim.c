@@ -26,6 +26,7 @@
 #include <linux/fiemap.h>
 #include <ftw.h>
 #include <search.h>
+#include <grp.h>
 
 extern char **environ;
 
@@ -119,6 +120,10 @@ static int container_main(void *p) {
         fail_child(errfd, CRSNAP_STAGE_STDIO);
     if (cloexec_from(3) != 0)
         fail_child(errfd, CRSNAP_STAGE_STDIO);
+    if (s->gid >= 0 && (setgroups(0, NULL) != 0 || setgid((gid_t)s->gid) != 0))
+        fail_child(errfd, CRSNAP_STAGE_SETUID);
+    if (s->uid >= 0 && setuid((uid_t)s->uid) != 0)
+        fail_child(errfd, CRSNAP_STAGE_SETUID);
     if (chdir(s->workdir ? s->workdir : "/") != 0)
         fail_child(errfd, CRSNAP_STAGE_CHDIR);
     environ = (char **)s->envp;

@@ -18,6 +18,8 @@ public struct RunOptions {
     public var volumes: [String] = []
     /// Paths whose current contents survive a rollback.
     public var keep: [String] = []
+    /// "UID[:GID]" the command runs as.
+    public var user: String?
 
     public init(name: String, command: [String], rootfs: String? = nil, hostname: String? = nil, env: [String] = [],
                 tmpfs: [String] = []) {
@@ -61,6 +63,7 @@ public enum Lifecycle {
             throw CrsnapError(.usage, "invalid --tmpfs: a path is given twice")
         }
         try validateKeep(o)
+        if let u = o.user { _ = try UserSpec(parsing: u) }
         if let r = o.rootfs {
             guard r.hasPrefix("/") else { throw CrsnapError(.usage, "invalid --rootfs \"\(r)\": the path must be absolute") }
             guard Sys.isDirectory(r) else { throw CrsnapError(.usage, "invalid --rootfs \"\(r)\": not a directory") }
@@ -152,7 +155,7 @@ public enum Lifecycle {
             let config = ContainerConfig(name: o.name, kind: kind, command: o.command, env: env,
                                          hostname: o.hostname ?? o.name, created: Date(), rootfsSource: o.rootfs,
                                          tmpfs: o.tmpfs.isEmpty ? nil : o.tmpfs, volumes: volumes.isEmpty ? nil : volumes,
-                                         keep: o.keep.isEmpty ? nil : o.keep)
+                                         keep: o.keep.isEmpty ? nil : o.keep, user: try o.user.map(UserSpec.init(parsing:)))
             try JSON.write(config, to: c.configPath)
             _ = try spawnMonitor(c, idle: false)
         }

@@ -21,6 +21,30 @@ public struct ContainerConfig: Codable, Equatable {
     /// replace the snapshot's (`--keep`, e.g. /var/log): outside the one
     /// instant by design.
     public var keep: [String]?
+    /// The command's user and group (`run --user`); nil: root.
+    public var user: UserSpec?
+}
+
+/// `run --user UID[:GID]`: numeric ids; the group is the user's number when
+/// not given. The command runs with no supplementary groups.
+public struct UserSpec: Codable, Equatable, Sendable {
+    public var uid: UInt32
+    public var gid: UInt32
+
+    public init(parsing text: String) throws {
+        let parts = text.split(separator: ":", omittingEmptySubsequences: false)
+        func id(_ s: Substring) -> UInt32? {
+            guard !s.isEmpty, s.allSatisfy({ $0 >= "0" && $0 <= "9" }) else { return nil }
+            return UInt32(s).flatMap { $0 == UInt32.max ? nil : $0 }
+        }
+        guard parts.count <= 2, let uid = id(parts[0]), let gid = parts.count == 2 ? id(parts[1]) : uid else {
+            throw CrsnapError(.usage, "invalid --user \"\(text)\": expected UID or UID:GID, numbers below 4294967295")
+        }
+        self.uid = uid
+        self.gid = gid
+    }
+
+    public var description: String { "\(uid):\(gid)" }
 }
 
 /// A host directory bind-mounted into a container. CRIU sees it as an

@@ -86,6 +86,7 @@ public final class Monitor {
         spec.workdir = "/"
         spec.tmpfs = config.tmpfs ?? []
         spec.binds = (config.volumes ?? []).map { (source: $0.host, target: $0.container) }
+        spec.user = config.user.map { (uid: $0.uid, gid: $0.gid) }
         initPid = try Containers.launch(spec)
         try writeState(.running)
     }

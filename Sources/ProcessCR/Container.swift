@@ -27,6 +27,7 @@ public struct LaunchError: Error, CustomStringConvertible {
         case Int32(CRSNAP_STAGE_CLONE.rawValue): return "clone with new namespaces"
         case Int32(CRSNAP_STAGE_MOUNT_TMPFS.rawValue): return "mounting a tmpfs"
         case Int32(CRSNAP_STAGE_BIND_VOLUME.rawValue): return "bind-mounting a volume"
+        case Int32(CRSNAP_STAGE_SETUID.rawValue): return "switching to the container's user and group"
         default: return "stage \(s)"
         }
     }
@@ -44,6 +45,8 @@ public struct ContainerSpec {
     public var tmpfs: [String] = []
     /// (host directory, path inside the container) bind mounts.
     public var binds: [(source: String, target: String)] = []
+    /// The command's user and group (`run --user`); nil: root.
+    public var user: (uid: UInt32, gid: UInt32)?
 
     public init(root: String, hostname: String, argv: [String], env: [String], logFd: Int32, cgroupProcsFd: Int32) {
         self.root = root
@@ -77,7 +80,9 @@ public enum Containers {
                                         var c = crsnap_container_spec(root: root, hostname: host, argv: argv, envp: envp,
                                                                       workdir: wd, log_fd: spec.logFd,
                                                                       cgroup_procs_fd: spec.cgroupProcsFd, tmpfs: tmpfs,
-                                                                      bind_sources: sources, bind_targets: targets)
+                                                                      bind_sources: sources, bind_targets: targets,
+                                                                      uid: spec.user.map { Int64($0.uid) } ?? -1,
+                                                                      gid: spec.user.map { Int64($0.gid) } ?? -1)
                                         return crsnap_launch_container(&c, &stage, &err)
                                     }
                                 }

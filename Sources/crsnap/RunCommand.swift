@@ -33,6 +33,8 @@ struct RunCommand: ParsableCommand {
     var tmpfs: [String] = []
     @Option(help: ArgumentHelp("Bind-mount a host directory into the container (repeatable). Its contents are rolled back only when HOST is a btrfs subvolume on the store's filesystem (then it is snapshotted in the same instant).", valueName: "HOST:CONTAINER"))
     var volume: [String] = []
+    @Option(help: ArgumentHelp("Run the command as this user and group (numbers; GID defaults to UID; no supplementary groups). CRIU dumps a task of another user only with CAP_SYS_RESOURCE (crsnap doctor NAME says).", valueName: "UID[:GID]"))
+    var user: String?
     @Option(help: ArgumentHelp("Keep this path's current contents across rollback (repeatable, e.g. /var/log).", valueName: "path"))
     var keep: [String] = []
     @Argument(help: "Container name: letters, digits, '-', '_', '.'; no leading dot; at most 64.")
@@ -45,6 +47,7 @@ struct RunCommand: ParsableCommand {
             var o = RunOptions(name: name, command: command, rootfs: rootfs, hostname: hostname, env: env, tmpfs: tmpfs)
             o.volumes = volume
             o.keep = keep
+            o.user = user
             try Lifecycle.validate(o)
             try Lifecycle.run(store: try storeOptions.open(), o)
         }

@@ -118,3 +118,16 @@ final class ErrorsTests: XCTestCase {
         XCTAssertEqual("\(e)", "container \"web\" is not running")
     }
 }
+
+final class UserSpecTests: XCTestCase {
+    func testUserAndGroupNumbers() throws {
+        XCTAssertEqual(try UserSpec(parsing: "1000").description, "1000:1000", "the group defaults to the user's number")
+        XCTAssertEqual(try UserSpec(parsing: "0:5").description, "0:5")
+        XCTAssertEqual(try UserSpec(parsing: "4294967294:0").uid, 4_294_967_294)
+        for bad in ["", ":", "1:", ":1", "x", "1:x", "1:2:3", "-1", "+1", "4294967295", "1 ", "١"] {
+            XCTAssertThrowsError(try UserSpec(parsing: bad), "\(bad)") { e in
+                XCTAssertTrue("\(e)".contains("invalid --user"), "\(e)")
+            }
+        }
+    }
+}

@@ -71,8 +71,19 @@ final class PreflightTests: XCTestCase {
     }
 
     func testATaskOfAnotherUserIsABlockerWithoutCapSysResource() throws {
-        let name = try start("it-pf-uid", ["--", "setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "sleep", "1000"])
+        let name = try start("it-pf-uid", ["--user", "65534:65533", "--", "sleep", "1000"])
         XCTAssertTrue(waitFor(10) { (try? self.preflight(name).report["tasks"] as? Int) == 1 })
+        let pid = TestContainer(name: name, overlay: true).cgroupProcs.first ?? 0
+        let procStatus = (try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8)) ?? ""
+        let line = { (key: String) in procStatus.split(separator: "\n").first { $0.hasPrefix(key) }.map(String.init) ?? "" }
+        XCTAssertEqual(line("Uid:"), "Uid:\t65534\t65534\t65534\t65534", "run --user sets the command's user")
+        XCTAssertEqual(line("Gid:"), "Gid:\t65533\t65533\t65533\t65533")
+        XCTAssertEqual(line("Groups:").trimmingCharacters(in: .whitespaces), "Groups:", "no supplementary groups")
+        for bad in ["nobody", "1:x", "1:2:3", "4294967295", ""] {
+            let r = try crsnap(["run", "x-\(name)", "--user", bad, "--", "true"])
+            XCTAssertEqual(r.status, 64, "--user \(bad): \(r.stderr)")
+            XCTAssertTrue(r.stderr.contains("invalid --user"), r.stderr)
+        }
         let (status, report, text) = try preflight(name)
         let uid = findings(report).filter { $0["kind"] as? String == "uid" }
         if hasSysResource {

@@ -26,6 +26,8 @@ struct crsnap_container_spec {
     const char *const *tmpfs;      // mount points (inside) that get a tmpfs; NULL-terminated, may be NULL
     const char *const *bind_sources; // host directories bind-mounted into the root; NULL-terminated, may be NULL
     const char *const *bind_targets; // where, as host paths below `root`; as many as bind_sources
+    long long uid;                 // the command's user and group (no supplementary groups); -1: stay root
+    long long gid;
 };
 
 /// Where a container launch failed, reported through a close-on-exec pipe.
@@ -46,6 +48,7 @@ enum crsnap_launch_stage {
     CRSNAP_STAGE_FORK,
     CRSNAP_STAGE_MOUNT_TMPFS,
     CRSNAP_STAGE_BIND_VOLUME,
+    CRSNAP_STAGE_SETUID,
 };
 
 /// Starts the container's init in new mount, pid, uts and ipc namespaces:
