@@ -43,6 +43,10 @@ public struct Container {
         return try JSON.read(ContainerConfig.self, from: configPath)
     }
 
+    /// The environment its command runs with (the defaults when the config
+    /// cannot be read): for what runs inside it later too.
+    public var environment: [String] { (try? config().env) ?? ContainerSpec.defaultEnv }
+
     public func state() -> ContainerState? {
         try? JSON.read(ContainerState.self, from: statePath)
     }

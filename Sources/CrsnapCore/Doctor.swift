@@ -71,7 +71,7 @@ public enum Doctor {
             add("criu", .fail, "\(error)")
         }
 
-        if let eff = Proc.capabilityEffective(), eff & (1 << 24) == 0 {
+        if Proc.hasCapability(Proc.capSysResource) == false {
             add("CAP_SYS_RESOURCE", .warn, "missing: CRIU cannot dump processes running under another uid (\"Can't get rlimit\"); run container workloads as root")
         } else {
             add("CAP_SYS_RESOURCE", .ok, "present")

@@ -104,8 +104,7 @@ public enum Guard {
         }
         // Inside: the container's root as mounted on the host holds what the
         // check will see (its own tmpfs and volumes aside).
-        let env = (try? c.config().env) ?? ContainerSpec.defaultEnv
-        let pathVar = env.first { $0.hasPrefix("PATH=") }.map { String($0.dropFirst(5)) } ?? "/usr/sbin:/usr/bin:/sbin:/bin"
+        let pathVar = c.environment.first { $0.hasPrefix("PATH=") }.map { String($0.dropFirst(5)) } ?? "/usr/sbin:/usr/bin:/sbin:/bin"
         let candidates = x.contains("/") ? [x] : pathVar.split(separator: ":").map { "\($0)/\(x)" }
         guard x.hasPrefix("/") || !x.contains("/") else {
             throw CrsnapError(.usage, "invalid --check \"\(x)\": with --inside, give an absolute path or a name in the container's PATH; nothing was changed")
@@ -128,8 +127,7 @@ public enum Guard {
                 Progress.warn("guard: container \"\(c.name)\" no longer runs; the check cannot run inside it")
                 return 1
             }
-            let env = (try? c.config().env) ?? ContainerSpec.defaultEnv
-            return try Containers.exec(in: initPid, argv: [path], env: env, stdin: null, stdout: 2, timeout: check.timeout)
+            return try Containers.exec(in: initPid, argv: [path], env: c.environment, stdin: null, stdout: 2, timeout: check.timeout)
         }
         let pid = Program.spawn(path: path, argv: [check.executable], env: ProcessInfo.processInfo.environment,
                                 fdmap: [null, 2, 2], newSession: false)

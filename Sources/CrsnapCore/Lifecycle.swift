@@ -286,7 +286,6 @@ public enum Lifecycle {
         let c = try Container(store: store, name: name)
         guard !command.isEmpty else { throw CrsnapError(.usage, "no command given: use crsnap exec NAME -- CMD [ARG...]") }
         let pid = try c.runningInit()
-        let env = (try? c.config().env) ?? ContainerSpec.defaultEnv
-        return try Containers.exec(in: pid, argv: command, env: env)
+        return try Containers.exec(in: pid, argv: command, env: c.environment)
     }
 }

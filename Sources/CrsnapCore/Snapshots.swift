@@ -50,16 +50,8 @@ extension Snapshots {
     /// exclusive). nil where the filesystem cannot tell.
     public static func filesystemBytes(_ c: Container, _ n: Int) -> ExtentUsage.Bytes? {
         let dir = c.snapshotDir(n)
-        var roots = ["\(dir)/fs"]
-        for sub in ["volumes", "unlinked"] {
-            let d = "\(dir)/\(sub)"
-            guard Sys.isDirectory(d) else { continue }
-            if sub == "volumes" {
-                roots += ((try? FileManager.default.contentsOfDirectory(atPath: d)) ?? []).sorted().map { "\(d)/\($0)" }
-            } else {
-                roots.append(d)
-            }
-        }
+        let volumes = ((try? FileManager.default.contentsOfDirectory(atPath: "\(dir)/volumes")) ?? []).sorted()
+        let roots = ["\(dir)/fs"] + volumes.map { "\(dir)/volumes/\($0)" } + ["\(dir)/unlinked"]
         return ExtentUsage.measure(roots.filter(Sys.exists))
     }
 }

@@ -24,9 +24,6 @@ public enum TakePreflight {
         public var warnings: [PreflightFinding] { findings.filter { $0.severity == .warning } }
     }
 
-    /// CAP_SYS_RESOURCE is capability 24.
-    static var hasSysResource: Bool { ((Proc.capabilityEffective() ?? 0) >> 24) & 1 == 1 }
-
     public static func run(store: Store, name: String) throws -> Report {
         let c = try Container(store: store, name: name)
         _ = try c.runningInit()
@@ -37,7 +34,7 @@ public enum TakePreflight {
         let t = DispatchTime.now()
         let pids = try c.cgroup().procs()
         let seen = Preflight.observe(pids: pids)
-        let limits = Preflight.Limits(ghostLimit: UInt64(DumpRequest.defaultGhostLimit), canDumpOtherUsers: hasSysResource)
+        let limits = Preflight.Limits(ghostLimit: UInt64(DumpRequest.defaultGhostLimit), canDumpOtherUsers: Proc.hasCapability(Proc.capSysResource) == true)
         let findings = Preflight.judge(tasks: seen.tasks, unix: seen.unix, tcp: seen.tcp, limits: limits)
         let network = seen.sharedNetwork
             ? "the host's namespace, shared: CRIU's network lock is not used (it would lock the host); TCP connections are dumped with their state"

@@ -98,9 +98,7 @@ public enum Containers {
 
     /// Runs argv in the namespaces of `pid` with this process's stdio; returns its exit status.
     public static func exec(in pid: pid_t, argv: [String], env: [String]) throws -> Int32 {
-        let helper: pid_t = withCStrings(argv) { a in withCStrings(env) { e in crsnap_exec_in(pid, a, e, -1, -1, 0) } }
-        if helper < 0 { throw SystemError("fork", "exec helper", errno: errno) }
-        return Program.wait(helper)
+        Program.wait(try execHelper(pid, argv, env, stdin: -1, stdout: -1, dieWithHelper: false))
     }
 
     /// Runs argv in the namespaces of `pid` with stdin and stdout from the
@@ -108,8 +106,16 @@ public enum Containers {
     /// its exit status, or nil when it ran out of time (it was killed).
     public static func exec(in pid: pid_t, argv: [String], env: [String], stdin: Int32, stdout: Int32,
                             timeout: Double) throws -> Int32? {
-        let helper: pid_t = withCStrings(argv) { a in withCStrings(env) { e in crsnap_exec_in(pid, a, e, stdin, stdout, 1) } }
+        Program.wait(try execHelper(pid, argv, env, stdin: stdin, stdout: stdout, dieWithHelper: true), timeout: timeout)
+    }
+
+    /// The pid of `crsnap_exec_in`'s helper, whose exit status is the command's.
+    static func execHelper(_ pid: pid_t, _ argv: [String], _ env: [String], stdin: Int32, stdout: Int32,
+                           dieWithHelper: Bool) throws -> pid_t {
+        let helper: pid_t = withCStrings(argv) { a in
+            withCStrings(env) { e in crsnap_exec_in(pid, a, e, stdin, stdout, dieWithHelper ? 1 : 0) }
+        }
         if helper < 0 { throw SystemError("fork", "exec helper", errno: errno) }
-        return Program.wait(helper, timeout: timeout)
+        return helper
     }
 }

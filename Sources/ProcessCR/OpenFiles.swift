@@ -69,11 +69,13 @@ public enum OpenFiles {
     /// The mount id of an open file, as /proc/self/fdinfo tells it (CRIU
     /// reads the same field for the same open file).
     public static func mountID(_ fd: Int32) -> Int? {
-        guard let text = try? Sys.readText("/proc/self/fdinfo/\(fd)") else { return nil }
-        for line in text.split(separator: "\n") where line.hasPrefix("mnt_id:") {
-            return Int(line.dropFirst(7).trimmingCharacters(in: .whitespaces))
-        }
-        return nil
+        mountID(fdinfo: "/proc/self/fdinfo/\(fd)")
+    }
+
+    /// The mnt_id of an fdinfo file (/proc/PID/fdinfo/N).
+    static func mountID(fdinfo path: String) -> Int? {
+        guard let text = try? Sys.readText(path) else { return nil }
+        return Proc.field("mnt_id", in: text).flatMap { Int($0) }
     }
 
     public static func close(_ files: [UnlinkedOpenFile]) {

@@ -160,16 +160,17 @@ public enum Preflight {
         for s in unix.sorted(by: { $0.ino < $1.ino }) {
             guard let (t, fd) = socketsOfTree[s.ino], s.peer != 0, socketsOfTree[s.peer] == nil else { continue }
             let peerName = byIno[s.peer]?.name ?? ""
-            let named = peerName.isEmpty ? "an unnamed socket" : peerName
-            let f = PreflightFinding(severity: .blocker, kind: "unix-peer", pid: t.pid, process: t.comm, fd: fd,
-                                     path: s.name.isEmpty ? "socket:[\(s.ino)]" : s.name, detail: "")
+            let detail: String
             if s.type == SOCK_DGRAM_VALUE {
-                if peerName.isEmpty {
-                    out.append(with(f) { $0.detail = "a unix datagram socket connected to \(named) outside the container: CRIU cannot reconnect an unnamed peer" })
-                }
+                // CRIU reconnects a datagram socket to its peer's name.
+                guard peerName.isEmpty else { continue }
+                detail = "a unix datagram socket connected to an unnamed socket outside the container: CRIU cannot reconnect an unnamed peer"
             } else {
-                out.append(with(f) { $0.detail = "one end of a unix \(s.type == SOCK_SEQPACKET_VALUE ? "seqpacket" : "stream") connection whose other end (\(named)) is outside the container: CRIU cannot dump half of a connection" })
+                let named = peerName.isEmpty ? "an unnamed socket" : peerName
+                detail = "one end of a unix \(s.type == SOCK_SEQPACKET_VALUE ? "seqpacket" : "stream") connection whose other end (\(named)) is outside the container: CRIU cannot dump half of a connection"
             }
+            out.append(PreflightFinding(severity: .blocker, kind: "unix-peer", pid: t.pid, process: t.comm, fd: fd,
+                                        path: s.name.isEmpty ? "socket:[\(s.ino)]" : s.name, detail: detail))
         }
         let treeLocal = Set(tcp.filter { socketsOfTree[$0.ino] != nil }.map(\.local))
         for c in tcp.sorted(by: { $0.ino < $1.ino }) {
@@ -183,12 +184,6 @@ public enum Preflight {
 
     static let SOCK_DGRAM_VALUE: Int32 = 2
     static let SOCK_SEQPACKET_VALUE: Int32 = 5
-
-    static func with(_ f: PreflightFinding, _ change: (inout PreflightFinding) -> Void) -> PreflightFinding {
-        var g = f
-        change(&g)
-        return g
-    }
 
     static func socketInode(_ link: String) -> UInt32? {
         guard link.hasPrefix("socket:["), link.hasSuffix("]") else { return nil }
@@ -225,14 +220,15 @@ public enum Preflight {
                 (Proc.field(key, in: status) ?? "").split(whereSeparator: { $0 == " " || $0 == "\t" }).compactMap { UInt32($0) }
             }
             var files: [OpenFile] = []
+            var mapped: Set<String> = []
             for (dir, isMap) in [("/proc/\(pid)/fd", false), ("/proc/\(pid)/map_files", true)] {
                 for name in (try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? [] {
                     guard let link = Proc.fdTarget(path: "\(dir)/\(name)") else { continue }
-                    if isMap && !link.hasPrefix("/") { continue }
-                    if isMap && files.contains(where: { $0.link == link }) { continue }
+                    // A file mapped in several ranges counts once.
+                    if isMap && (!link.hasPrefix("/") || !mapped.insert(link).inserted) { continue }
                     var st = Glibc.stat()
                     let allocated = stat("\(dir)/\(name)", &st) == 0 ? UInt64(st.st_blocks) * 512 : 0
-                    let mnt = isMap ? mapMountID(pid: pid, link: "\(dir)/\(name)") : fdinfoMountID(pid: pid, fd: name)
+                    let mnt = isMap ? mapMountID(link: "\(dir)/\(name)") : OpenFiles.mountID(fdinfo: "/proc/\(pid)/fdinfo/\(name)")
                     files.append(OpenFile(fd: isMap ? nil : Int32(name), link: link, mountID: mnt, allocated: allocated))
                 }
             }
@@ -244,13 +240,8 @@ public enum Preflight {
         return (tasks, unixSockets(), tcpConnections(pid: first), shared)
     }
 
-    static func fdinfoMountID(pid: pid_t, fd: String) -> Int? {
-        guard let text = try? Sys.readText("/proc/\(pid)/fdinfo/\(fd)") else { return nil }
-        return Proc.field("mnt_id", in: text).flatMap { Int($0) }
-    }
-
     /// A mapped file's mount: open it (map_files needs CAP_SYS_ADMIN, root has it) and ask fdinfo.
-    static func mapMountID(pid: pid_t, link: String) -> Int? {
+    static func mapMountID(link: String) -> Int? {
         let fd = open(link, O_CLOEXEC | 0o10000000)  // O_PATH
         guard fd >= 0 else { return nil }
         defer { Glibc.close(fd) }

@@ -101,6 +101,15 @@ public enum Proc {
         guard let status = try? Sys.readText("/proc/self/status"), let v = field("CapEff", in: status) else { return nil }
         return UInt64(v.trimmingCharacters(in: .whitespaces), radix: 16)
     }
+
+    /// CAP_SYS_RESOURCE: CRIU needs it to dump a task of another user.
+    public static let capSysResource = 24
+
+    /// Whether this process has capability `cap` in effect; nil when
+    /// /proc/self/status cannot be read.
+    public static func hasCapability(_ cap: Int) -> Bool? {
+        capabilityEffective().map { ($0 >> UInt64(cap)) & 1 == 1 }
+    }
 }
 
 /// Who a process is, not just its number: a pid is reused once its process
