@@ -400,6 +400,9 @@ final class RealTakeSteps: TakeSteps, CriuNotifyHandler {
         // Outside the freeze: the images name each captured file by the path
         // a restore puts it at, so CRIU opens it inside the restored root.
         try Unlinked.relocate(captured, in: imagesDir)
+        // CRIU would restore a periodic timer that fired during the freeze
+        // disarmed (criu#3162).
+        try FilesImage.rearmExpiredTimers(in: imagesDir)
         return stats
     }
 

@@ -131,6 +131,11 @@ public enum Wire {
         return varint(b, &i)
     }
 
+    /// Field `number` holding varint `value`, encoded.
+    static func varint(field number: UInt64, _ value: UInt64) -> [UInt8] {
+        encodeVarint(number << 3) + encodeVarint(value)
+    }
+
     static func lengthDelimited(_ number: UInt64, _ payload: [UInt8]) -> [UInt8] {
         encodeVarint(number << 3 | 2) + encodeVarint(UInt64(payload.count)) + payload
     }

@@ -82,3 +82,40 @@ final class FilesImageTests: XCTestCase {
         XCTAssertEqual(try Sys.readFile("\(dir)/files.img"), bad)
     }
 }
+
+/// The timerfd repair: CRIU records a periodic timer that fired during the
+/// freeze with value 0 and would restore it disarmed (criu#3162).
+final class TimerfdImageTests: XCTestCase {
+    func v(_ n: UInt64, _ x: UInt64) -> [UInt8] { ImageFixture.varintField(n, x) }
+
+    /// A FileEntry of type TIMERFD with its TimerfdEntry (id, flags, fown,
+    /// clockid, ticks, settime_flags, vsec, vnsec, isec, insec).
+    func timer(id: UInt64, flags: UInt64 = 0, value: (UInt64, UInt64), interval: (UInt64, UInt64), ticks: UInt64 = 1) -> [UInt8] {
+        var t = v(1, id) + v(2, 0o4002) + Wire.lengthDelimited(3, v(1, 0) + v(2, 0)) + v(4, 1) + v(5, ticks) + v(6, flags)
+        t += v(7, value.0) + v(8, value.1) + v(9, interval.0) + v(10, interval.1)
+        return v(1, 17) + v(2, id) + Wire.lengthDelimited(12, t)
+    }
+
+    func testAPeriodicTimerThatFiredDuringTheFreezeGetsOneIntervalToItsNextExpiry() throws {
+        let dir = NSTemporaryDirectory() + "crsnap-timerfd-image-\(getpid())"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let expired = timer(id: 1, value: (0, 0), interval: (0, 5_000_000))
+        let running = timer(id: 2, value: (0, 2_706_801), interval: (0, 5_000_000), ticks: 0)
+        let oneShot = timer(id: 3, value: (0, 0), interval: (0, 0))
+        let absolute = timer(id: 4, flags: 1, value: (0, 0), interval: (1, 0))
+        let other = v(1, 5) + v(2, 9) + Wire.lengthDelimited(7, [0x08, 0x07])
+        let magic: UInt32 = 0x5630_3138
+        try Sys.writeAtomically("\(dir)/files.img", ImageFixture.image(magic: magic, [expired, running, oneShot, absolute, other]))
+
+        XCTAssertEqual(try FilesImage.rearmExpiredTimers(in: dir), 1)
+        // Its value and interval fields move to the end; the rest stays.
+        let want: [UInt8] = {
+            var t = v(1, 1) + v(2, 0o4002) + Wire.lengthDelimited(3, v(1, 0) + v(2, 0)) + v(4, 1) + v(5, 1) + v(6, 0)
+            t += v(9, 0) + v(10, 5_000_000) + v(7, 0) + v(8, 5_000_000)
+            return v(1, 17) + v(2, 1) + Wire.lengthDelimited(12, t)
+        }()
+        XCTAssertEqual(try Sys.readFile("\(dir)/files.img"), ImageFixture.image(magic: magic, [want, running, oneShot, absolute, other]))
+        XCTAssertEqual(try FilesImage.rearmExpiredTimers(in: dir), 0, "a second pass changes nothing")
+    }
+}

@@ -2,7 +2,7 @@
 
 /// Builders for CRIU image files in tests.
 enum ImageFixture {
-    static func varintField(_ n: UInt64, _ v: UInt64) -> [UInt8] { Wire.encodeVarint(n << 3) + Wire.encodeVarint(v) }
+    static func varintField(_ n: UInt64, _ v: UInt64) -> [UInt8] { Wire.varint(field: n, v) }
 
     /// An image: IMG_COMMON_MAGIC, the image's own magic, then the entries
     /// with their u32 lengths.
