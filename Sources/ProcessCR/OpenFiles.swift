@@ -66,6 +66,21 @@ public enum OpenFiles {
         return out
     }
 
+    /// The device of the kernel's internal shmem mount, which backs shared
+    /// anonymous memory (/proc shows "/dev/zero (deleted)") and SysV shared
+    /// memory ("/SYSV... (deleted)"): CRIU dumps those with the tasks' memory
+    /// and IPC namespace, not as files. Found the way CRIU finds it: map a
+    /// shared anonymous page and stat its map_files entry.
+    public static let sharedMemoryDevice: UInt64? = {
+        let size = Int(sysconf(Int32(_SC_PAGESIZE)))
+        guard let p = mmap(nil, size, PROT_READ, MAP_SHARED | MAP_ANONYMOUS, -1, 0), p != MAP_FAILED else { return nil }
+        defer { munmap(p, size) }
+        let start = UInt(bitPattern: p)
+        var st = Glibc.stat()
+        let link = "/proc/self/map_files/\(String(start, radix: 16))-\(String(start + UInt(size), radix: 16))"
+        return stat(link, &st) == 0 ? UInt64(st.st_dev) : nil
+    }()
+
     /// The mount id of an open file, as /proc/self/fdinfo tells it (CRIU
     /// reads the same field for the same open file).
     public static func mountID(_ fd: Int32) -> Int? {

@@ -55,11 +55,15 @@ public enum Preflight {
         /// Bytes allocated to it (st_blocks * 512): what CRIU holds against
         /// the ghost limit.
         public var allocated: UInt64
-        public init(fd: Int32?, link: String, mountID: Int?, allocated: UInt64) {
+        /// On the kernel's internal shmem mount (shared anonymous or SysV
+        /// shared memory): CRIU dumps it with the memory, not as a file.
+        public var sharedMemory: Bool
+        public init(fd: Int32?, link: String, mountID: Int?, allocated: UInt64, sharedMemory: Bool = false) {
             self.fd = fd
             self.link = link
             self.mountID = mountID
             self.allocated = allocated
+            self.sharedMemory = sharedMemory
         }
     }
 
@@ -146,7 +150,7 @@ public enum Preflight {
                     }
                     continue
                 }
-                guard f.link.hasPrefix("/"), !f.link.hasPrefix("/memfd:") else { continue }
+                guard f.link.hasPrefix("/"), !f.link.hasPrefix("/memfd:"), !f.sharedMemory else { continue }
                 guard let m = f.mountID, let fstype = t.mounts[m] else {
                     add(.blocker, "mount", f.fd, f.link, "the open \(what) is on a mount the container does not have (mount id \(f.mountID.map(String.init) ?? "?")), e.g. passed in from outside over a unix socket: CRIU cannot reach it")
                     continue
@@ -227,9 +231,11 @@ public enum Preflight {
                     // A file mapped in several ranges counts once.
                     if isMap && (!link.hasPrefix("/") || !mapped.insert(link).inserted) { continue }
                     var st = Glibc.stat()
-                    let allocated = stat("\(dir)/\(name)", &st) == 0 ? UInt64(st.st_blocks) * 512 : 0
+                    let statted = stat("\(dir)/\(name)", &st) == 0
+                    let allocated = statted ? UInt64(st.st_blocks) * 512 : 0
+                    let shm = statted && OpenFiles.sharedMemoryDevice == UInt64(st.st_dev)
                     let mnt = isMap ? mapMountID(link: "\(dir)/\(name)") : OpenFiles.mountID(fdinfo: "/proc/\(pid)/fdinfo/\(name)")
-                    files.append(OpenFile(fd: isMap ? nil : Int32(name), link: link, mountID: mnt, allocated: allocated))
+                    files.append(OpenFile(fd: isMap ? nil : Int32(name), link: link, mountID: mnt, allocated: allocated, sharedMemory: shm))
                 }
             }
             tasks.append(Task(pid: pid, comm: Proc.comm(pid), uids: ids("Uid"), gids: ids("Gid"),

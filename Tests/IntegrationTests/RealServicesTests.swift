@@ -233,4 +233,114 @@ final class RealServicesTests: XCTestCase {
             XCTAssertGreaterThan(later[k] as? Int ?? 0, back[k] as? Int ?? .max, "\(k) does not flow after the rollback")
         }
     }
+
+    // MARK: nginx
+
+    /// Writes nginx's configuration and page into the container, then execs
+    /// nginx in the foreground: a master and three workers (as root: a worker
+    /// of another uid needs CAP_SYS_RESOURCE to be dumped), stub_status at
+    /// /status, every path of its own under /srv/crsnap-nginx.
+    static let nginxLauncher = """
+        import os, sys
+        port, nginx = sys.argv[1], sys.argv[2]
+        d = "/srv/crsnap-nginx"
+        os.makedirs(d + "/www", exist_ok=True)
+        with open(d + "/www/index.html", "w") as f:
+            f.write("v1\\n")
+        temps = "".join("  %s_temp_path %s/%s;\\n" % (t, d, t) for t in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+        conf = ("daemon off;\\nuser root;\\nworker_processes 3;\\npid %s/nginx.pid;\\nerror_log stderr notice;\\n"
+                "events { worker_connections 256; }\\n"
+                "http {\\n  access_log %s/access.log;\\n  default_type text/plain;\\n%s"
+                "  server {\\n    listen 127.0.0.1:%s;\\n    root %s/www;\\n    location = /status { stub_status; }\\n  }\\n}\\n"
+                % (d, d, temps, port, d))
+        with open(d + "/nginx.conf", "w") as f:
+            f.write(conf)
+        os.execv(nginx, ["nginx", "-e", "stderr", "-p", d, "-c", d + "/nginx.conf"])
+        """
+
+    func get(_ port: Int, _ path: String) throws -> (status: Int, body: String) {
+        let r = try runProgram("/usr/bin/python3", [Self.workload("http_client.py"), "get", "\(port)", path])
+        let lines = r.stdout.split(separator: "\n", maxSplits: 1).map(String.init)
+        return (Int(lines.first ?? "") ?? -1, lines.count > 1 ? lines[1].trimmingCharacters(in: .whitespacesAndNewlines) : "")
+    }
+
+    /// stub_status's count of requests handled (shared memory of all workers).
+    func nginxRequests(_ port: Int) throws -> Int? {
+        // "Active connections: 1 \nserver accepts handled requests\n 7 7 9 \n..."
+        let body = try get(port, "/status").body
+        let lines = body.split(separator: "\n")
+        guard lines.count > 2 else { return nil }
+        return lines[2].split(separator: " ").last.flatMap { Int($0) }
+    }
+
+    /// The client's load, started and stopped; its report.
+    func httpLoad(_ port: Int, during work: () throws -> Void) throws -> [String: Any] {
+        let stop = NSTemporaryDirectory() + "\(cname).http.stop", report = NSTemporaryDirectory() + "\(cname).http.report"
+        unlink(stop)
+        defer { unlink(stop); unlink(report) }
+        let load = try background("/usr/bin/python3", [Self.workload("http_client.py"), "load", "\(port)", stop, report])
+        usleep(300_000)
+        try work()
+        usleep(300_000)
+        FileManager.default.createFile(atPath: stop, contents: nil)
+        load.waitUntilExit()
+        XCTAssertEqual(load.terminationStatus, 0, "the HTTP client failed")
+        return json((try? String(contentsOfFile: report, encoding: .utf8)) ?? "")
+    }
+
+    /// nginx, a master and three workers, serving four keep-alive clients:
+    /// taken under that load (no client sees an error or a status but 200),
+    /// its page changed, rolled back under load (the clients lose their
+    /// connections, reconnect and get the snapshot's page); the same master
+    /// and workers come back, stub_status's request count goes back, and the
+    /// master still answers `nginx -s reload` by starting new workers.
+    func testNginxMasterAndWorkersUnderLoadRollBack() throws {
+        guard let nginx = ProcessInfo.processInfo.environment["CRSNAP_TEST_NGINX"],
+              FileManager.default.isExecutableFile(atPath: nginx) else {
+            return XCTFail("nginx is missing (Scripts/testenv unpacks it and sets CRSNAP_TEST_NGINX)")
+        }
+        cname = uniqueName("it-nginx")
+        let port = Self.freePort()
+        try crsnapOK(["run", cname, "--", "/usr/bin/python3", "-c", Self.nginxLauncher, "\(port)", nginx])
+        let c = TestContainer(name: cname, overlay: true)
+        XCTAssertTrue(waitFor(30) { (try? self.get(port, "/").body) == "v1" && c.cgroupProcs.count == 4 },
+                      "nginx did not come up with three workers: \((try? crsnap(["logs", cname]).stderr) ?? "")")
+        let processes = c.namespacePids
+
+        var id = ""
+        let acrossTake = try httpLoad(port) { id = try self.takeID([self.cname]) }
+        XCTAssertEqual(acrossTake["errors"] as? Int, 0, "a client saw an error across the take: \(acrossTake)")
+        XCTAssertEqual((acrossTake["bad_status"] as? [Int])?.count, 0, "\(acrossTake)")
+        XCTAssertGreaterThan(acrossTake["requests"] as? Int ?? 0, 20, "\(acrossTake)")
+        XCTAssertEqual(acrossTake["bodies"] as? [String], ["v1"])
+        let servedAtTake = try nginxRequests(port) ?? .max  // the snapshot's count and a few more
+
+        let write = "open('/srv/crsnap-nginx/www/index.html', 'w').write('v2\\n')"
+        XCTAssertEqual(try crsnap(["exec", cname, "--", "/usr/bin/python3", "-c", write]).status, 0)
+        XCTAssertEqual(try get(port, "/").body, "v2")
+        let servedBefore = try nginxRequests(port) ?? 0
+
+        let acrossRollback = try httpLoad(port) { _ = try crsnapOK(["rollback", id]) }
+        XCTAssertGreaterThanOrEqual(acrossRollback["errors"] as? Int ?? 0, 1, "no client noticed the rollback: \(acrossRollback)")
+        XCTAssertEqual((acrossRollback["bad_status"] as? [Int])?.count, 0, "\(acrossRollback)")
+        XCTAssertEqual(acrossRollback["last"] as? String, "v1", "after the rollback the clients get: \(acrossRollback)")
+        XCTAssertEqual(c.namespacePids, processes, "not the same master and workers")
+
+        // The master, restored, still handles a reload: three new workers.
+        let reload = try crsnap(["exec", cname, "--", nginx, "-e", "stderr", "-p", "/srv/crsnap-nginx",
+                                 "-c", "/srv/crsnap-nginx/nginx.conf", "-s", "reload"])
+        XCTAssertEqual(reload.status, 0, "nginx -s reload: \(reload.stderr)")
+        XCTAssertTrue(waitFor(20) { let now = c.namespacePids
+            return now.count == 4 && Set(now).intersection(processes).count == 1 },
+                      "the reload did not replace the workers: \(c.namespacePids) vs \(processes)")
+        XCTAssertEqual(try get(port, "/").body, "v1")
+
+        // A quiet rollback: the count in the workers' shared memory is the
+        // snapshot's (its own request added), and the first workers are back.
+        try crsnapOK(["rollback", id])
+        let served = try nginxRequests(port) ?? .max
+        XCTAssertLessThanOrEqual(served, servedAtTake + 1, "stub_status's count is not the snapshot's")
+        XCTAssertLessThan(served, servedBefore)
+        XCTAssertEqual(c.namespacePids, processes)
+    }
 }

@@ -27,6 +27,9 @@ final class PreflightJudgeTests: XCTestCase {
             file(8, "/memfd:x (deleted)", mount: 99),              // memfd: CRIU's own kind
             file(9, "socket:[500]", mount: 8),
             file(10, "pipe:[501]", mount: 9),
+            // shared anonymous and SysV memory: the kernel's own shmem mount, dumped with the memory
+            Preflight.OpenFile(fd: nil, link: "/dev/zero (deleted)", mountID: 0, allocated: 4096, sharedMemory: true),
+            Preflight.OpenFile(fd: nil, link: "/SYSV00000000 (deleted)", mountID: 0, allocated: 4096, sharedMemory: true),
         ])
         let f = Preflight.judge(tasks: [t], unix: [], tcp: [], limits: limits)
         XCTAssertEqual(f.map(\.kind), ["uid", "mount", "file-type", "ghost-limit"])
@@ -99,5 +102,23 @@ final class PreflightJudgeTests: XCTestCase {
         XCTAssertEqual(Preflight.address("00000000000000000000000001000000:0016"), "[::1]:22")
         XCTAssertEqual(Preflight.address("0000000000000000FFFF00000100007F:1F90"), "[::ffff:127.0.0.1]:8080")
         XCTAssertEqual(Preflight.address("zz"), "zz")
+    }
+}
+
+/// The observation side: a shared anonymous mapping lies on the device
+/// `OpenFiles.sharedMemoryDevice` names, a file on the host does not.
+final class SharedMemoryDeviceTests: XCTestCase {
+    func testASharedAnonymousMappingIsOnTheSharedMemoryDevice() throws {
+        let device = try XCTUnwrap(OpenFiles.sharedMemoryDevice)
+        let size = 2 * Int(sysconf(Int32(_SC_PAGESIZE)))
+        let p = try XCTUnwrap(mmap(nil, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0))
+        XCTAssertNotEqual(p, MAP_FAILED)
+        defer { munmap(p, size) }
+        let start = UInt(bitPattern: p)
+        var st = stat()
+        XCTAssertEqual(stat("/proc/self/map_files/\(String(start, radix: 16))-\(String(start + UInt(size), radix: 16))", &st), 0)
+        XCTAssertEqual(UInt64(st.st_dev), device)
+        XCTAssertEqual(stat("/proc/self/exe", &st), 0)
+        XCTAssertNotEqual(UInt64(st.st_dev), device)
     }
 }
