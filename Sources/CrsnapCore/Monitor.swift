@@ -240,7 +240,7 @@ public final class Monitor {
             }
         case "restore" where parts.count >= 4:
             return restore(images: parts[1], root: parts[2], pipeKey: parts[3], label: parts.count > 4 ? parts[4] : "",
-                           lazy: parts.count > 5 && parts[5] == "lazy")
+                           lazy: parts.count > 5 && parts[5] == "lazy", closeTCP: parts.count > 6 && parts[6] == "tcp-close")
         default:
             return "err unknown request \(parts.first ?? "")"
         }
@@ -257,7 +257,7 @@ public final class Monitor {
         return nil
     }
 
-    func restore(images: String, root: String, pipeKey: String, label: String, lazy: Bool) -> String {
+    func restore(images: String, root: String, pipeKey: String, label: String, lazy: Bool, closeTCP: Bool) -> String {
         let pending = pendingLazy
         pendingLazy = nil
         if let refusal = refusal(images: images, root: root) { return refusal }
@@ -274,6 +274,7 @@ public final class Monitor {
             var req = RestoreRequest(imagesDir: images, root: root)
             if !pipeKey.isEmpty { req.inheritFds = [(key: pipeKey, fd: pipeW)] }
             req.external = (config.volumes ?? []).map { "mnt[\($0.key)]:\($0.host)" }
+            req.closeTCP = closeTCP
             let cg = cgroup
             // The snapshot's unlinked open files were placed in the root by
             // the rollback; CRIU opens them, and they are unlinked again

@@ -119,7 +119,8 @@ enum Recovery {
                 revert.push("delete \(next)") { if backend.isVolume(next) { try backend.deleteVolume(next) } }
                 try Rollback.holdMonitor(c, revert: revert)
                 try c.cgroup().killAll()
-                let pid = try Rollback.swapAndRestore(c, n, revert: revert).pid
+                // The interrupted rollback killed the tasks: their connections are closed.
+                let pid = try Rollback.swapAndRestore(c, n, revert: revert, closeTCP: true).pid
                 return "\(c.name): an interrupted rollback to \(target) was finished (init pid \(pid))"
             }
         } catch {

@@ -251,11 +251,13 @@ public enum Rollback {
                 let reply = try MonitorChannel.request(dir: c.dir, "lazy-pages\n\(c.snapshotDir(n))/images")
                 guard reply == "ok" else { throw CrsnapError(.failed, MonitorChannel.words(reply)) }
             }
+            // Tasks killed here had their connections closed by the kernel.
+            let killed = !(try c.cgroup().procs()).isEmpty
             let t = DispatchTime.now()
             try c.cgroup().killAll()
             let killMs = milliseconds(since: t)
             if faults { try Faults.check("rollback.killed") }
-            var restored = try swapAndRestore(c, n, revert: revert, faults: faults, lazy: lazy, keep: keep)
+            var restored = try swapAndRestore(c, n, revert: revert, faults: faults, lazy: lazy, keep: keep, closeTCP: killed)
             restored.stats.kill_ms = killMs
             restored.stats.flush_ms = flushMs
             return restored
@@ -321,7 +323,7 @@ public enum Rollback {
     /// monitor restores the tree; then what was replaced is deleted and the
     /// journal ended. Undone by `revert` on failure.
     static func swapAndRestore(_ c: Container, _ n: Int, revert: Revert, faults: Bool = true, lazy: Bool = false,
-                               keep: Bool = true) throws -> Restored {
+                               keep: Bool = true, closeTCP: Bool) throws -> Restored {
         let backend = c.store.backend
         let config = try c.config()
         let m = try c.manifest(n)
@@ -360,7 +362,7 @@ public enum Rollback {
         let fsMs = milliseconds(since: t)
         try fault("rollback.restore")
         // A files-only snapshot: the command starts afresh on its files.
-        let request = m.isFilesOnly ? "launch\n\(m.id)" : restoreRequest(c, n, m, lazy: lazy)
+        let request = m.isFilesOnly ? "launch\n\(m.id)" : restoreRequest(c, n, m, lazy: lazy, closeTCP: closeTCP)
         let reply = try MonitorChannel.request(dir: c.dir, request, afterSend: { try fault("rollback.restoring") })
         guard var restored = Restored(reply: reply) else {
             // The caller says what was being done: the monitor's own words.
@@ -379,9 +381,11 @@ public enum Rollback {
 
     /// The monitor's request to restore snapshot `n` (manifest `m`) into the
     /// container's root: its images, the output pipe they name, a label for
-    /// the log, eager or lazy.
-    static func restoreRequest(_ c: Container, _ n: Int, _ m: Manifest, lazy: Bool) -> String {
-        ["restore", "\(c.snapshotDir(n))/images", c.rootMount, m.log_pipe, m.id, lazy ? "lazy" : "eager"].joined(separator: "\n")
+    /// the log, eager or lazy, TCP connections closed or established (see
+    /// `RestoreRequest.closeTCP`).
+    static func restoreRequest(_ c: Container, _ n: Int, _ m: Manifest, lazy: Bool, closeTCP: Bool) -> String {
+        ["restore", "\(c.snapshotDir(n))/images", c.rootMount, m.log_pipe, m.id, lazy ? "lazy" : "eager",
+         closeTCP ? "tcp-close" : "tcp-established"].joined(separator: "\n")
     }
 }
 
@@ -399,7 +403,7 @@ public enum BareRestore {
             let t = DispatchTime.now()
             try c.cgroup().killAll()
             let killMs = milliseconds(since: t)
-            let reply = try MonitorChannel.request(dir: c.dir, Rollback.restoreRequest(c, id.number, m, lazy: false))
+            let reply = try MonitorChannel.request(dir: c.dir, Rollback.restoreRequest(c, id.number, m, lazy: false, closeTCP: true))
             guard var restored = Restored(reply: reply) else {
                 _ = try? MonitorChannel.request(dir: c.dir, "release")
                 throw CrsnapError(.failed, "bare restore of \(id) failed: \(MonitorChannel.words(reply))")

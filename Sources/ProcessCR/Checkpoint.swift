@@ -47,6 +47,13 @@ public struct RestoreRequest {
     /// CRIU's working directory (its log, the lazy-pages socket); the images
     /// directory when nil.
     public var workDir: String?
+    /// Restore established TCP connections closed (CRIU's tcp_close): the
+    /// tasks find them shut down and reconnect. For tasks whose connections
+    /// the kernel closed when they were killed: their peers have seen the
+    /// end, and the killed ends may still hold the address pairs a restore
+    /// would bind (FIN_WAIT, TIME_WAIT), which fails it ("Can't connect inet
+    /// socket back: Cannot assign requested address").
+    public var closeTCP = false
 
     public init(imagesDir: String, root: String) {
         self.imagesDir = imagesDir
@@ -150,6 +157,7 @@ public struct Checkpointer {
         o.rstSibling = true
         o.external = r.external
         o.leaveStopped = r.leaveStopped
+        if r.closeTCP { o.tcpClose = true }
         // Notifications (e.g. "post-restore": restored, not yet resumed) only when asked for.
         o.notifyScripts = handler != nil
         for (i, inherit) in r.inheritFds.enumerated() {

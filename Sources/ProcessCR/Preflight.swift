@@ -181,7 +181,7 @@ public enum Preflight {
             guard let (t, fd) = socketsOfTree[c.ino], !treeLocal.contains(c.remote) else { continue }
             out.append(PreflightFinding(severity: .warning, kind: "tcp-peer", pid: t.pid, process: t.comm, fd: fd,
                                         path: "tcp \(c.local) -> \(c.remote)",
-                                        detail: "a TCP connection to a peer outside the container: a take keeps it, but after a rollback its peer has moved on and the restored connection cannot carry on where it was"))
+                                        detail: "a TCP connection to a peer outside the container: a take keeps it, but a rollback restores it closed (its peer has moved on), so the peer sees it end and must reconnect"))
         }
         return out.filter { $0.severity == .blocker } + out.filter { $0.severity == .warning }
     }

@@ -42,13 +42,6 @@ final class PreflightTests: XCTestCase {
         return (try JSONSerialization.jsonObject(with: Data(out.utf8)) as? [Any])?.count ?? -1
     }
 
-    /// Whether crsnap's process has CAP_SYS_RESOURCE (bit 24 of CapEff).
-    var hasSysResource: Bool {
-        let status = (try? String(contentsOfFile: "/proc/self/status", encoding: .utf8)) ?? ""
-        let cap = status.split(separator: "\n").first { $0.hasPrefix("CapEff:") }?.split(separator: "\t").last
-        return ((cap.flatMap { UInt64($0, radix: 16) } ?? 0) >> 24) & 1 == 1
-    }
-
     func testAHealthyContainerHasNothingInTheWay() throws {
         let name = try start("it-pf-ok", ["--", "python3", "-c", workloadSource])
         let c = TestContainer(name: name, overlay: true)
@@ -86,7 +79,7 @@ final class PreflightTests: XCTestCase {
         }
         let (status, report, text) = try preflight(name)
         let uid = findings(report).filter { $0["kind"] as? String == "uid" }
-        if hasSysResource {
+        if Env.hasSysResource {
             // With the capability CRIU dumps it: no blocker, and the take works.
             XCTAssertEqual(status, 0, text)
             XCTAssertTrue(uid.isEmpty, "\(report)")

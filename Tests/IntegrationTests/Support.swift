@@ -37,6 +37,15 @@ enum Env {
         return nil
     }
 
+    /// Whether this process (and so crsnap, which it starts) has
+    /// CAP_SYS_RESOURCE (bit 24 of CapEff), which CRIU needs to dump a task
+    /// of another user.
+    static var hasSysResource: Bool {
+        let status = (try? String(contentsOfFile: "/proc/self/status", encoding: .utf8)) ?? ""
+        let cap = status.split(separator: "\n").first { $0.hasPrefix("CapEff:") }?.split(separator: "\t").last
+        return ((cap.flatMap { UInt64($0, radix: 16) } ?? 0) >> 24) & 1 == 1
+    }
+
     static func require() throws {
         guard let why = missing() else { return }
         let message = "INTEGRATION TESTS NOT RUN: \(why)"
