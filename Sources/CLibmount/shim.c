@@ -27,6 +27,7 @@
 #include <ftw.h>
 #include <search.h>
 #include <grp.h>
+#include <net/if.h>
 
 extern char **environ;
 
@@ -243,6 +244,100 @@ pid_t crsnap_exec_in(pid_t target, const char *const argv[], const char *const e
     _exit(WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status));
 }
 
+/// In a fork child: fd i becomes fdmap[i] (-1: closed) for i < nfds, every
+/// other fd close-on-exec. Returns the error pipe's new fd (also moved).
+static int place_fds(int errfd, const int *fdmap, int nfds) {
+    // Move the sources above the target range first, so that placing one
+    // cannot clobber another; the error pipe moves too.
+    int base = nfds + 1;
+    int moved[64];
+    if (nfds > 64) nfds = 64;
+    errfd = fcntl(errfd, F_DUPFD_CLOEXEC, base);
+    if (errfd < 0) _exit(127);
+    for (int i = 0; i < nfds; i++) {
+        moved[i] = -1;
+        if (fdmap[i] >= 0) {
+            moved[i] = fcntl(fdmap[i], F_DUPFD_CLOEXEC, base);
+            if (moved[i] < 0) fail_child(errfd, CRSNAP_STAGE_STDIO);
+        }
+    }
+    for (int i = 0; i < nfds; i++) {
+        if (moved[i] >= 0) {
+            if (dup2(moved[i], i) < 0) fail_child(errfd, CRSNAP_STAGE_STDIO);
+        } else {
+            close(i);
+        }
+    }
+    if (cloexec_from((unsigned int)nfds) != 0) fail_child(errfd, CRSNAP_STAGE_STDIO);
+    return errfd;
+}
+
+pid_t crsnap_spawn_isolated(const char *path, const char *const argv[], const char *const envp[],
+                            const int *fdmap, int nfds, int *stage, int *err) {
+    int pipefd[2];
+    *stage = 0;
+    *err = 0;
+    if (pipe2(pipefd, O_CLOEXEC) != 0) {
+        *stage = CRSNAP_STAGE_FORK;
+        *err = errno;
+        return -1;
+    }
+    pid_t parent = getpid();
+    pid_t pid = fork();
+    if (pid < 0) {
+        *stage = CRSNAP_STAGE_FORK;
+        *err = errno;
+        close(pipefd[0]);
+        close(pipefd[1]);
+        return -1;
+    }
+    if (pid == 0) {
+        close(pipefd[0]);
+        int errfd = place_fds(pipefd[1], fdmap, nfds);
+        // The helper dies with its caller, the program with the helper.
+        if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) != 0 || getppid() != parent) _exit(127);
+        if (unshare(CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWPID) != 0) fail_child(errfd, CRSNAP_STAGE_UNSHARE);
+        if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) != 0) fail_child(errfd, CRSNAP_STAGE_MOUNT_PRIVATE);
+        int s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+        struct ifreq ifr;
+        memset(&ifr, 0, sizeof ifr);
+        strcpy(ifr.ifr_name, "lo");
+        if (s < 0 || ioctl(s, SIOCGIFFLAGS, &ifr) != 0) fail_child(errfd, CRSNAP_STAGE_LOOPBACK);
+        ifr.ifr_flags |= IFF_UP;
+        if (ioctl(s, SIOCSIFFLAGS, &ifr) != 0) fail_child(errfd, CRSNAP_STAGE_LOOPBACK);
+        close(s);
+        pid_t child = fork();
+        if (child < 0) fail_child(errfd, CRSNAP_STAGE_FORK);
+        if (child == 0) {
+            // pid 1 of the new pid namespace (its parent, outside, reads as
+            // pid 0): its own /proc.
+            if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) != 0) _exit(127);
+            if (mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) != 0)
+                fail_child(errfd, CRSNAP_STAGE_MOUNT_PROC);
+            sigset_t none;
+            sigemptyset(&none);
+            sigprocmask(SIG_SETMASK, &none, NULL);
+            execve(path, (char *const *)argv, (char *const *)envp);
+            fail_child(errfd, CRSNAP_STAGE_EXEC);
+        }
+        close(errfd);
+        for (int i = 0; i < nfds; i++) close(i);
+        int status = 0;
+        while (waitpid(child, &status, 0) < 0) {
+            if (errno != EINTR) _exit(127);
+        }
+        _exit(WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status));
+    }
+    close(pipefd[1]);
+    int report[2];
+    if (await_report(pipefd[0], pid, report)) {
+        *stage = report[0];
+        *err = report[1];
+        return -1;
+    }
+    return pid;
+}
+
 pid_t crsnap_spawn(const char *path, const char *const argv[], const char *const envp[],
                    const int *fdmap, int nfds, int new_session) {
     int pipefd[2];
@@ -256,29 +351,7 @@ pid_t crsnap_spawn(const char *path, const char *const argv[], const char *const
         return -1;
     }
     if (pid == 0) {
-        int errfd = pipefd[1];
-        // Move the sources above the target range first, so that placing one
-        // cannot clobber another; the error pipe moves too.
-        int base = nfds + 1;
-        int moved[64];
-        if (nfds > 64) nfds = 64;
-        errfd = fcntl(errfd, F_DUPFD_CLOEXEC, base);
-        if (errfd < 0) _exit(127);
-        for (int i = 0; i < nfds; i++) {
-            moved[i] = -1;
-            if (fdmap[i] >= 0) {
-                moved[i] = fcntl(fdmap[i], F_DUPFD_CLOEXEC, base);
-                if (moved[i] < 0) fail_child(errfd, CRSNAP_STAGE_STDIO);
-            }
-        }
-        for (int i = 0; i < nfds; i++) {
-            if (moved[i] >= 0) {
-                if (dup2(moved[i], i) < 0) fail_child(errfd, CRSNAP_STAGE_STDIO);
-            } else {
-                close(i);
-            }
-        }
-        if (cloexec_from((unsigned int)nfds) != 0) fail_child(errfd, CRSNAP_STAGE_STDIO);
+        int errfd = place_fds(pipefd[1], fdmap, nfds);
         if (new_session && setsid() < 0) fail_child(errfd, CRSNAP_STAGE_SETSID);
         // Reset what a multithreaded parent may have blocked.
         sigset_t none;

@@ -22,6 +22,8 @@ public enum Guard {
         /// or when it ran out of time.
         public var check_status: Int32?
         public var check_timed_out: Bool
+        /// With --test: the restore test of the pre snapshot.
+        public var restore_test: RestoreTest.Report?
     }
 
     /// `--check EXECUTABLE`: run with no arguments after the command
@@ -36,8 +38,11 @@ public enum Guard {
         }
     }
 
+    /// With `test`, the pre snapshot must pass a restore test (`RestoreTest`)
+    /// before the command runs; if it fails, the pre snapshot is deleted
+    /// again and the command is not run.
     public static func run(store: Store, name: String, tag: String?, inside: Bool, command: [String],
-                           check: Check? = nil) throws -> Outcome {
+                           check: Check? = nil, test: Bool = false) throws -> Outcome {
         guard let first = command.first, !first.isEmpty else {
             throw CrsnapError(.usage, "no command given: use crsnap guard NAME -- CMD [ARG...]")
         }
@@ -51,6 +56,23 @@ public enum Guard {
         let checkPath = try check.map { try resolve($0, in: c, inside: inside) }
         let pre = try Take.take(store: store, name: name, TakeOptions(tag: tag, role: .pre))
         Progress.note("guard: pre snapshot \(pre.id)")
+        var tested: RestoreTest.Report?
+        if test {
+            let preID = SnapshotID(container: name, number: pre.number)
+            let t: RestoreTest.Report
+            do {
+                t = try RestoreTest.run(store: store, id: preID)
+            } catch {
+                try? Snapshots.delete(store: store, id: preID)
+                throw CrsnapError(.failed, "guard: the restore test of \(pre.id) could not run: \(error)\nthe command was not run; \(pre.id) was deleted again")
+            }
+            guard t.ok else {
+                try? Snapshots.delete(store: store, id: preID)
+                throw CrsnapError(.failed, "guard: the restore test of \(pre.id) failed: \(t.problem ?? "?")\nthe command was not run; \(pre.id) was deleted again")
+            }
+            Progress.note("guard: \(pre.id) restores (\(t.tasks) tasks, up \(String(format: "%.1f", t.watched_ms / 1000)) s in a throwaway container)")
+            tested = t
+        }
 
         let status: Int32
         if inside {
@@ -62,7 +84,7 @@ public enum Guard {
             status = Program.wait(pid)
         }
         var outcome = Outcome(pre: pre.id, post: nil, status: status, rolled_back: false, failed: nil,
-                              check_status: nil, check_timed_out: false)
+                              check_status: nil, check_timed_out: false, restore_test: tested)
         if status != 0 {
             Progress.warn("guard: \(command.joined(separator: " ")) exited with status \(status); rolling back to \(pre.id)")
             outcome.failed = "command"

@@ -61,6 +61,10 @@ enum Recovery {
             try Snapshots.removeSnapshotDir(c.store.backend, staging)
             did("\(c.name): removed the leftover \(staging)")
         }
+        if Sys.exists(RestoreTest.workDir(c)) || (try? RestoreTest.cgroup(c))?.exists == true {
+            try RestoreTest.removeLeftovers(c)
+            did("\(c.name): removed what an interrupted restore test left (its clones and cgroup)")
+        }
         if try thawIfStale(c) { did("\(c.name): the container was left frozen; thawed it") }
         return done
     }

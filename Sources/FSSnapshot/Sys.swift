@@ -261,6 +261,31 @@ public enum Program {
         }
     }
 
+    /// `spawn` as pid 1 of new pid, mount and network namespaces (loopback
+    /// only; see crsnap_spawn_isolated): returns the pid of the helper whose
+    /// exit status is the program's, and whose death ends the program and
+    /// everything it started.
+    public static func spawnIsolated(path: String, argv: [String], env: [String: String], fdmap: [Int32]) throws -> pid_t {
+        let envStrings = env.map { "\($0.key)=\($0.value)" }
+        var stage: Int32 = 0, err: Int32 = 0
+        let pid = withCStrings(argv) { cargv in
+            withCStrings(envStrings) { cenv in
+                fdmap.withUnsafeBufferPointer { map in
+                    crsnap_spawn_isolated(path, cargv, cenv, map.baseAddress, Int32(map.count), &stage, &err)
+                }
+            }
+        }
+        guard pid > 0 else {
+            let what = [Int32(CRSNAP_STAGE_UNSHARE.rawValue): "unshare pid, mount and network namespaces",
+                        Int32(CRSNAP_STAGE_MOUNT_PRIVATE.rawValue): "make the mounts private",
+                        Int32(CRSNAP_STAGE_LOOPBACK.rawValue): "bring the loopback device up",
+                        Int32(CRSNAP_STAGE_MOUNT_PROC.rawValue): "mount /proc",
+                        Int32(CRSNAP_STAGE_EXEC.rawValue): "exec"][stage] ?? "start"
+            throw SystemError(what, path, errno: err)
+        }
+        return pid
+    }
+
     /// waitpid, retrying EINTR; the exit status, or 128+signal.
     public static func wait(_ pid: pid_t) -> Int32 {
         var status: Int32 = 0

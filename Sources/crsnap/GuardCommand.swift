@@ -18,10 +18,13 @@ struct GuardCommand: ParsableCommand {
         --check-timeout (then it is killed), the container is rolled back to
         the pre snapshot the same way and crsnap exits with the check's status
         (124 when it timed out). Otherwise a post snapshot paired with the pre
-        is taken and crsnap exits 0. stdout carries only the command's own
-        output; snapshot ids go to stderr when it is a terminal (--json prints
-        pre, post, status, rolled_back, failed (command, check or null),
-        check_status and check_timed_out on stdout after the command's output).
+        is taken and crsnap exits 0. With --test the pre snapshot must first
+        pass a restore test (see verify --restore-test): if it does not, it is
+        deleted again, the command is not run and crsnap exits 1. stdout
+        carries only the command's own output; snapshot ids go to stderr when
+        it is a terminal (--json prints pre, post, status, rolled_back, failed
+        (command, check or null), check_status, check_timed_out and
+        restore_test on stdout after the command's output).
         """
     )
 
@@ -32,6 +35,8 @@ struct GuardCommand: ParsableCommand {
     var check: String?
     @Option(help: ArgumentHelp("Seconds the check may run before it counts as failed (default 60).", valueName: "seconds"))
     var checkTimeout: Double?
+    @Flag(help: "Before the command, restore the pre snapshot into a throwaway container (verify --restore-test); do not run the command if that fails.")
+    var test = false
     @Flag(help: "Print the outcome as JSON after the command's output.") var json = false
     @Argument(help: "Container name.") var name: String
     @Argument(parsing: .postTerminator, help: "The command and its arguments, after --.") var command: [String] = []
@@ -44,7 +49,7 @@ struct GuardCommand: ParsableCommand {
             }
             let probe = check.map { Guard.Check(executable: $0, timeout: checkTimeout ?? Guard.Check.defaultTimeout) }
             return try Guard.run(store: try storeOptions.openExisting(), name: name, tag: tag, inside: inside,
-                                 command: command, check: probe)
+                                 command: command, check: probe, test: test)
         }
         if json { try printJSON(outcome) }
         if outcome.status != 0 { throw ExitCode(outcome.status) }

@@ -63,6 +63,10 @@ final class BadInputTests: XCTestCase {
             BadCase(["logs", "bad@name"], 64, "bad@name"),
             BadCase(["rm", cname], 4, "running"),
             BadCase(["stop", "nobody"], 3, "nobody"),
+            BadCase(["verify", "\(cname)@1", "--for", "2"], 64, "--restore-test"),
+            BadCase(["verify", "\(cname)@1", "--restore-test", "--for", "0"], 64, "--for"),
+            BadCase(["verify", "\(cname)@1", "--restore-test", "--for", "601"], 64, "600"),
+            BadCase(["verify", "\(cname)@2", "--restore-test"], 3, "\(cname)@2"),
         ]
         let before = storeFingerprint([cname])
         for c in cases {

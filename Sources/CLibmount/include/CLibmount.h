@@ -49,6 +49,8 @@ enum crsnap_launch_stage {
     CRSNAP_STAGE_MOUNT_TMPFS,
     CRSNAP_STAGE_BIND_VOLUME,
     CRSNAP_STAGE_SETUID,
+    CRSNAP_STAGE_UNSHARE,
+    CRSNAP_STAGE_LOOPBACK,
 };
 
 /// Starts the container's init in new mount, pid, uts and ipc namespaces:
@@ -72,6 +74,16 @@ pid_t crsnap_exec_in(pid_t target, const char *const argv[], const char *const e
 /// all other fds closed, optionally in a new session. Returns the pid or -1 (errno).
 pid_t crsnap_spawn(const char *path, const char *const argv[], const char *const envp[],
                    const int *fdmap, int nfds, int new_session);
+
+/// Like crsnap_spawn (no new session), but the program runs as pid 1 of new
+/// pid, mount and network namespaces: every mount made private, a /proc of
+/// its own, the loopback device up and no other network. Returns the pid of a
+/// helper in the caller's namespaces whose exit status is the program's; the
+/// program is SIGKILLed when the helper dies, and whatever it started dies
+/// with it (its pid namespace ends). -1 with *stage and *err set when it
+/// could not be started.
+pid_t crsnap_spawn_isolated(const char *path, const char *const argv[], const char *const envp[],
+                            const int *fdmap, int nfds, int *stage, int *err);
 
 int crsnap_pipe2(int fds[2], int flags);
 int crsnap_set_child_subreaper(void);
