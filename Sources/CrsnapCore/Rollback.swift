@@ -216,7 +216,7 @@ public enum Rollback {
                 // Eager, and the pre-rollback snapshot's files as they are
                 // (no kept paths carried over, whose sizes may have moved
                 // on since): the way back must not depend on what just failed.
-                _ = try stopAndRestore(c, pre, faults: false, lazy: false, keep: false)
+                _ = try stopAndRestore(c, pre, faults: false, lazy: false, keep: false, killedBefore: true)
                 back = nil
             } catch let second {
                 back = second
@@ -232,7 +232,10 @@ public enum Rollback {
     /// With the journal written and the clone at fs.next: kill the tree, swap
     /// the volumes, have the monitor restore. Undone on failure (the previous
     /// volume back in place, the clone deleted, the journal ended).
-    static func stopAndRestore(_ c: Container, _ n: Int, faults: Bool, lazy: Bool, keep: Bool = true) throws -> Restored {
+    /// `killedBefore`: the tasks were killed by an earlier attempt (the way
+    /// back after a failed restore), so their connections are closed too.
+    static func stopAndRestore(_ c: Container, _ n: Int, faults: Bool, lazy: Bool, keep: Bool = true,
+                               killedBefore: Bool = false) throws -> Restored {
         let backend = c.store.backend
         let revert = Revert()
         revert.push("end journal") { try Sys.unlink(c.journalPath) }
@@ -252,7 +255,8 @@ public enum Rollback {
                 guard reply == "ok" else { throw CrsnapError(.failed, MonitorChannel.words(reply)) }
             }
             // Tasks killed here had their connections closed by the kernel.
-            let killed = !(try c.cgroup().procs()).isEmpty
+            let running = !(try c.cgroup().procs()).isEmpty
+            let killed = killedBefore || running
             let t = DispatchTime.now()
             try c.cgroup().killAll()
             let killMs = milliseconds(since: t)

@@ -32,25 +32,6 @@ final class RealServicesTests: XCTestCase {
         return here.appendingPathComponent("Workloads/\(name)").path
     }
 
-    /// A free TCP port on 127.0.0.1 (bound and released; the tests run in
-    /// their own network namespace).
-    static func freePort() -> Int {
-        for _ in 0..<50 {
-            let p = Int.random(in: 20_000...40_000)
-            let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-            defer { close(fd) }
-            var a = sockaddr_in()
-            a.sin_family = sa_family_t(AF_INET)
-            a.sin_port = in_port_t(UInt16(p).bigEndian)
-            a.sin_addr.s_addr = inet_addr("127.0.0.1")
-            let ok = withUnsafePointer(to: &a) {
-                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
-            }
-            if ok == 0 { return p }
-        }
-        return 39_999
-    }
-
     /// Starts a host program in the background; it is killed at tearDown if
     /// still running.
     func background(_ path: String, _ args: [String]) throws -> Process {
@@ -100,7 +81,7 @@ final class RealServicesTests: XCTestCase {
             return
         }
         cname = uniqueName("it-redis")
-        let port = Self.freePort()
+        let port = freeLoopbackPort()
         let dir = "/var/lib/crsnap-redis"
         let launcher = "import os, sys; os.makedirs(sys.argv[1], exist_ok=True); os.execv(sys.argv[2], sys.argv[3:])"
         try crsnapOK(["run", cname, "--", "/usr/bin/python3", "-c", launcher, dir, Self.redis,
@@ -301,7 +282,7 @@ final class RealServicesTests: XCTestCase {
             return XCTFail("nginx is missing (Scripts/testenv unpacks it and sets CRSNAP_TEST_NGINX)")
         }
         cname = uniqueName("it-nginx")
-        let port = Self.freePort()
+        let port = freeLoopbackPort()
         try crsnapOK(["run", cname, "--", "/usr/bin/python3", "-c", Self.nginxLauncher, "\(port)", nginx])
         let c = TestContainer(name: cname, overlay: true)
         XCTAssertTrue(waitFor(30) { (try? self.get(port, "/").body) == "v1" && c.cgroupProcs.count == 4 },
@@ -351,6 +332,18 @@ final class RealServicesTests: XCTestCase {
         XCTAssertLessThanOrEqual(served, servedAtTake + 1, "stub_status's count is not the snapshot's")
         XCTAssertLessThan(served, servedBefore)
         XCTAssertEqual(c.namespacePids, processes)
+
+        // A rollback whose restore fails after the kill (injected), under
+        // load: the way back restores the state from before it, whose
+        // connections the kill closed as well.
+        let wayBack = try httpLoad(port) {
+            let r = try crsnap(["rollback", id], env: ["CRSNAP_FAULT": "rollback.restore"])
+            XCTAssertEqual(r.status, 1, r.stderr)
+            XCTAssertTrue(r.stderr.contains("back in the state from before the rollback"), r.stderr)
+        }
+        XCTAssertEqual(wayBack["last"] as? String, "v1", "\(wayBack)")
+        XCTAssertEqual((wayBack["bad_status"] as? [Int])?.count, 0, "\(wayBack)")
+        XCTAssertEqual(c.namespacePids.count, 4)
     }
 
     // MARK: PostgreSQL
@@ -399,7 +392,7 @@ final class RealServicesTests: XCTestCase {
             return XCTFail("PostgreSQL is missing (Scripts/testenv unpacks it and sets CRSNAP_TEST_PGBIN)")
         }
         cname = uniqueName("it-pg")
-        let port = Self.freePort()
+        let port = freeLoopbackPort()
         try crsnapOK(["run", cname, "--", "/usr/bin/python3", "-c", Self.postgresLauncher, "\(port)", bin])
         let conn = ["-h", "127.0.0.1", "-p", "\(port)", "-U", "postgres"]
         func sql(_ q: String) throws -> String {

@@ -53,7 +53,7 @@ final class RestoreTestTests: XCTestCase {
         hostDir = "/var/tmp/\(cname)-vol"
         try FileManager.default.createDirectory(atPath: hostDir, withIntermediateDirectories: true)
         _ = FileManager.default.createFile(atPath: "\(hostDir)/held", contents: Data("x".utf8))
-        let port = Int.random(in: 20_000...40_000)
+        let port = freeLoopbackPort()
         try crsnapOK(["run", cname, "--volume", "\(hostDir):/vol", "--", "python3", "-c", Self.service, "\(port)",
                       strict ? "strict" : "lax"])
         let c = TestContainer(name: cname, overlay: true)
@@ -114,13 +114,7 @@ final class RestoreTestTests: XCTestCase {
         // The live service still holds its port.
         let probe = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         defer { close(probe) }
-        var a = sockaddr_in()
-        a.sin_family = sa_family_t(AF_INET)
-        a.sin_port = in_port_t(UInt16(port).bigEndian)
-        a.sin_addr.s_addr = inet_addr("127.0.0.1")
-        let connected = withUnsafePointer(to: &a) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(probe, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
-        }
+        let connected = onLoopback(probe, port: port) { connect($0, $1, $2) }
         XCTAssertEqual(connected, 0, "the live service no longer listens")
 
         // A snapshot that cannot be restored: the open file it needs from a

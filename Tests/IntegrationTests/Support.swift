@@ -201,6 +201,29 @@ func counterLines(_ path: String) -> [Int] {
     return lines.compactMap { Int($0) }
 }
 
+/// `op` (bind or connect) of socket `fd` to 127.0.0.1:`port`: its result.
+func onLoopback(_ fd: Int32, port: Int, _ op: (Int32, UnsafePointer<sockaddr>, socklen_t) -> Int32) -> Int32 {
+    var a = sockaddr_in()
+    a.sin_family = sa_family_t(AF_INET)
+    a.sin_port = in_port_t(UInt16(port).bigEndian)
+    a.sin_addr.s_addr = inet_addr("127.0.0.1")
+    return withUnsafePointer(to: &a) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { op(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+    }
+}
+
+/// A free TCP port on 127.0.0.1 (bound and released; the tests run in
+/// their own network namespace).
+func freeLoopbackPort() -> Int {
+    for _ in 0..<50 {
+        let p = Int.random(in: 20_000...40_000)
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(fd) }
+        if onLoopback(fd, port: p, { bind($0, $1, $2) }) == 0 { return p }
+    }
+    return 39_999
+}
+
 /// Waits until `cond` holds or `timeout` seconds pass.
 func waitFor(_ timeout: Double, _ cond: () -> Bool) -> Bool {
     let deadline = Date().addingTimeInterval(timeout)
