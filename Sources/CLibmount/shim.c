@@ -72,6 +72,22 @@ static int await_report(int fd, pid_t pid, int report[2]) {
     return 1;
 }
 
+/// Brings the loopback device of the current network namespace up.
+static int loopback_up(void) {
+    int s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (s < 0) return -1;
+    struct ifreq ifr;
+    memset(&ifr, 0, sizeof ifr);
+    strcpy(ifr.ifr_name, "lo");
+    int r = ioctl(s, SIOCGIFFLAGS, &ifr);
+    if (r == 0) {
+        ifr.ifr_flags |= IFF_UP;
+        r = ioctl(s, SIOCSIFFLAGS, &ifr);
+    }
+    close(s);
+    return r;
+}
+
 struct launch_arg {
     const struct crsnap_container_spec *spec;
     int errfd;
@@ -84,6 +100,8 @@ static int container_main(void *p) {
 
     if (s->cgroup_procs_fd >= 0 && write(s->cgroup_procs_fd, "0", 1) != 1)
         fail_child(errfd, CRSNAP_STAGE_CGROUP);
+    if (s->new_net && loopback_up() != 0)
+        fail_child(errfd, CRSNAP_STAGE_LOOPBACK);
     if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) != 0)
         fail_child(errfd, CRSNAP_STAGE_MOUNT_PRIVATE);
     if (mount(s->root, s->root, NULL, MS_BIND, NULL) != 0)
@@ -151,8 +169,9 @@ pid_t crsnap_launch_container(const struct crsnap_container_spec *spec, int *sta
         return -1;
     }
     struct launch_arg arg = {spec, pipefd[1]};
-    pid_t pid = clone(container_main, stack + stack_size,
-                      CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWUTS | CLONE_NEWIPC | SIGCHLD, &arg);
+    int flags = CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWUTS | CLONE_NEWIPC | SIGCHLD;
+    if (spec->new_net) flags |= CLONE_NEWNET;
+    pid_t pid = clone(container_main, stack + stack_size, flags, &arg);
     int clone_errno = errno;
     close(pipefd[1]);
     if (pid < 0) {
@@ -211,14 +230,14 @@ pid_t crsnap_exec_in(pid_t target, const char *const argv[], const char *const e
 
     // Open every namespace first: after entering the mount namespace, /proc
     // is the container's and the host pid means nothing there.
-    static const char *const names[] = {"ipc", "uts", "pid", "mnt"};
-    int fds[4];
+    static const char *const names[] = {"ipc", "uts", "net", "pid", "mnt"};
+    int fds[5];
     char path[64];
-    for (int i = 0; i < 4; i++) {
+    for (int i = 0; i < 5; i++) {
         fds[i] = open(format_ns_path(path, target, names[i]), O_RDONLY | O_CLOEXEC);
         if (fds[i] < 0) exec_fail("open namespace");
     }
-    for (int i = 0; i < 4; i++) {
+    for (int i = 0; i < 5; i++) {
         if (setns(fds[i], 0) != 0) exec_fail("setns");
         close(fds[i]);
     }
@@ -298,14 +317,7 @@ pid_t crsnap_spawn_isolated(const char *path, const char *const argv[], const ch
         if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) != 0 || getppid() != parent) _exit(127);
         if (unshare(CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWPID) != 0) fail_child(errfd, CRSNAP_STAGE_UNSHARE);
         if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) != 0) fail_child(errfd, CRSNAP_STAGE_MOUNT_PRIVATE);
-        int s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-        struct ifreq ifr;
-        memset(&ifr, 0, sizeof ifr);
-        strcpy(ifr.ifr_name, "lo");
-        if (s < 0 || ioctl(s, SIOCGIFFLAGS, &ifr) != 0) fail_child(errfd, CRSNAP_STAGE_LOOPBACK);
-        ifr.ifr_flags |= IFF_UP;
-        if (ioctl(s, SIOCSIFFLAGS, &ifr) != 0) fail_child(errfd, CRSNAP_STAGE_LOOPBACK);
-        close(s);
+        if (loopback_up() != 0) fail_child(errfd, CRSNAP_STAGE_LOOPBACK);
         pid_t child = fork();
         if (child < 0) fail_child(errfd, CRSNAP_STAGE_FORK);
         if (child == 0) {

@@ -20,6 +20,8 @@ public struct RunOptions {
     public var keep: [String] = []
     /// "UID[:GID]" the command runs as.
     public var user: String?
+    /// host or none (see `NetworkMode`).
+    public var network: String?
 
     public init(name: String, command: [String], rootfs: String? = nil, hostname: String? = nil, env: [String] = [],
                 tmpfs: [String] = []) {
@@ -64,6 +66,7 @@ public enum Lifecycle {
         }
         try validateKeep(o)
         if let u = o.user { _ = try UserSpec(parsing: u) }
+        if let n = o.network { _ = try NetworkMode(parsing: n) }
         if let r = o.rootfs {
             guard r.hasPrefix("/") else { throw CrsnapError(.usage, "invalid --rootfs \"\(r)\": the path must be absolute") }
             guard Sys.isDirectory(r) else { throw CrsnapError(.usage, "invalid --rootfs \"\(r)\": not a directory") }
@@ -155,7 +158,8 @@ public enum Lifecycle {
             let config = ContainerConfig(name: o.name, kind: kind, command: o.command, env: env,
                                          hostname: o.hostname ?? o.name, created: Date(), rootfsSource: o.rootfs,
                                          tmpfs: o.tmpfs.isEmpty ? nil : o.tmpfs, volumes: volumes.isEmpty ? nil : volumes,
-                                         keep: o.keep.isEmpty ? nil : o.keep, user: try o.user.map(UserSpec.init(parsing:)))
+                                         keep: o.keep.isEmpty ? nil : o.keep, user: try o.user.map(UserSpec.init(parsing:)),
+                                         network: try o.network.map(NetworkMode.init(parsing:)))
             try JSON.write(config, to: c.configPath)
             _ = try spawnMonitor(c, idle: false)
         }

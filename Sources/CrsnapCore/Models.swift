@@ -23,6 +23,29 @@ public struct ContainerConfig: Codable, Equatable {
     public var keep: [String]?
     /// The command's user and group (`run --user`); nil: root.
     public var user: UserSpec?
+    /// `run --network`; nil (containers from before the option): host.
+    public var network: NetworkMode? = nil
+
+    public var networkMode: NetworkMode { network ?? .host }
+}
+
+/// How a container reaches the network (`run --network`).
+public enum NetworkMode: String, Codable, CaseIterable, Sendable {
+    /// The host's network namespace, shared.
+    case host
+    /// A network namespace of its own with the loopback device only.
+    case none
+
+    /// Whether the container has a network namespace of its own, which CRIU
+    /// then checkpoints and restores with the processes.
+    public var ownNamespace: Bool { self != .host }
+
+    public init(parsing text: String) throws {
+        guard let m = NetworkMode(rawValue: text) else {
+            throw CrsnapError(.usage, "invalid --network \"\(text)\": expected \(NetworkMode.allCases.map(\.rawValue).joined(separator: " or "))")
+        }
+        self = m
+    }
 }
 
 /// `run --user UID[:GID]`: numeric ids; the group is the user's number when

@@ -87,6 +87,7 @@ public final class Monitor {
         spec.tmpfs = config.tmpfs ?? []
         spec.binds = (config.volumes ?? []).map { (source: $0.host, target: $0.container) }
         spec.user = config.user.map { (uid: $0.uid, gid: $0.gid) }
+        spec.ownNetwork = config.networkMode.ownNamespace
         initPid = try Containers.launch(spec)
         try writeState(.running)
     }
@@ -275,6 +276,7 @@ public final class Monitor {
             if !pipeKey.isEmpty { req.inheritFds = [(key: pipeKey, fd: pipeW)] }
             req.external = (config.volumes ?? []).map { "mnt[\($0.key)]:\($0.host)" }
             req.closeTCP = closeTCP
+            req.networkLock = config.networkMode.ownNamespace
             let cg = cgroup
             // The snapshot's unlinked open files were placed in the root by
             // the rollback; CRIU opens them, and they are unlinked again

@@ -210,7 +210,10 @@ public enum RestoreTest {
             var req = RestoreRequest(imagesDir: "\(snapDir)/images", root: root)
             if !m.log_pipe.isEmpty { req.inheritFds = [(key: m.log_pipe, fd: out[1])] }
             req.external = external
-            req.closeTCP = true
+            // In the host's network the connections' peers moved on; a
+            // network namespace of the container's own comes back whole.
+            req.closeTCP = !config.networkMode.ownNamespace
+            req.networkLock = config.networkMode.ownNamespace
             req.workDir = work  // CRIU's log goes here, not into the snapshot
             let placed = Sys.exists("\(root)/\(Unlinked.scratchDir)")
             let handler = placed ? PostRestore { try Unlinked.unlinkPlaced(root: root) } : nil

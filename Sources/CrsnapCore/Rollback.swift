@@ -254,14 +254,17 @@ public enum Rollback {
                 let reply = try MonitorChannel.request(dir: c.dir, "lazy-pages\n\(c.snapshotDir(n))/images")
                 guard reply == "ok" else { throw CrsnapError(.failed, MonitorChannel.words(reply)) }
             }
-            // Tasks killed here had their connections closed by the kernel.
+            // Tasks killed here had their connections closed by the kernel;
+            // in the host's network their ends linger. A network namespace of
+            // the container's own goes with them and comes back whole.
             let running = !(try c.cgroup().procs()).isEmpty
-            let killed = killedBefore || running
+            let ownNetwork = try c.config().networkMode.ownNamespace
+            let closeTCP = (killedBefore || running) && !ownNetwork
             let t = DispatchTime.now()
             try c.cgroup().killAll()
             let killMs = milliseconds(since: t)
             if faults { try Faults.check("rollback.killed") }
-            var restored = try swapAndRestore(c, n, revert: revert, faults: faults, lazy: lazy, keep: keep, closeTCP: killed)
+            var restored = try swapAndRestore(c, n, revert: revert, faults: faults, lazy: lazy, keep: keep, closeTCP: closeTCP)
             restored.stats.kill_ms = killMs
             restored.stats.flush_ms = flushMs
             return restored
@@ -407,7 +410,8 @@ public enum BareRestore {
             let t = DispatchTime.now()
             try c.cgroup().killAll()
             let killMs = milliseconds(since: t)
-            let reply = try MonitorChannel.request(dir: c.dir, Rollback.restoreRequest(c, id.number, m, lazy: false, closeTCP: true))
+            let reply = try MonitorChannel.request(dir: c.dir, Rollback.restoreRequest(c, id.number, m, lazy: false,
+                                                                                         closeTCP: !(try c.config()).networkMode.ownNamespace))
             guard var restored = Restored(reply: reply) else {
                 _ = try? MonitorChannel.request(dir: c.dir, "release")
                 throw CrsnapError(.failed, "bare restore of \(id) failed: \(MonitorChannel.words(reply))")

@@ -52,6 +52,8 @@ public enum Show {
         /// The container's paths kept across rollback (`run --keep`): a
         /// rollback to this snapshot leaves their current contents.
         public var kept: [String]
+        /// The container's network (`run --network`): host or none.
+        public var network: String
         /// The snapshot's files on disk: every data extent, and those no
         /// other snapshot or the live container shares (nil: unknown).
         public var fs_total_bytes: UInt64?
@@ -90,6 +92,7 @@ public enum Show {
             },
             tmpfs: (m.tmpfs ?? []).map { Tmpfs(mount: $0, captured: "contents in the CRIU images") },
             volumes: volumes, kept: (try? c.config().keep ?? []) ?? [],
+            network: ((try? c.config().networkMode) ?? .host).rawValue,
             fs_total_bytes: usage?.total, fs_exclusive_bytes: usage?.exclusive, stats: m.stats,
             container_state: live.running ? "running" : "stopped", container_reason: live.goneReason)
     }

@@ -172,6 +172,7 @@ public enum Take {
         steps.tmpfs = config.tmpfs ?? []
         steps.volumes = config.volumes ?? []
         steps.kind = config.kind
+        steps.ownNetwork = config.networkMode.ownNamespace
         let nsPid = Proc.nsPids(initPid).last ?? 0
         var r: TakeResult
         do {
@@ -345,6 +346,8 @@ final class RealTakeSteps: TakeSteps, CriuNotifyHandler {
     var stage = ImageStaging.Mode.auto
     /// The container's tmpfs mounts (their contents go into the images).
     var tmpfs: [String] = []
+    /// A network namespace of its own: CRIU dumps it and locks it meanwhile.
+    var ownNetwork = false
 
     init(container: Container, criu: Criu?, initPid: pid_t, cgroup: FreezerCgroup) {
         self.container = container
@@ -381,6 +384,7 @@ final class RealTakeSteps: TakeSteps, CriuNotifyHandler {
         }
         var req = DumpRequest(pid: initPid, imagesDir: imagesDir, freezeCgroup: cgroup)
         req.leaveRunning = leaveRunning
+        req.networkLock = ownNetwork
         // Bind mounts from the host are external to CRIU: "mnt[PATH]:KEY".
         req.external = volumes.map { "mnt[\($0.container)]:\($0.key)" }
         // Unlinked open files are referenced, not copied, by CRIU: crsnap

@@ -54,6 +54,9 @@ public struct RestoreRequest {
     /// would bind (FIN_WAIT, TIME_WAIT), which fails it ("Can't connect inet
     /// socket back: Cannot assign requested address").
     public var closeTCP = false
+    /// The tree has a network namespace of its own, which CRIU restores:
+    /// lock it with nftables while the restore runs (as the dump did).
+    public var networkLock = false
 
     public init(imagesDir: String, root: String) {
         self.imagesDir = imagesDir
@@ -158,6 +161,7 @@ public struct Checkpointer {
         o.external = r.external
         o.leaveStopped = r.leaveStopped
         if r.closeTCP { o.tcpClose = true }
+        if r.networkLock { o.networkLock = .nftables }
         // Notifications (e.g. "post-restore": restored, not yet resumed) only when asked for.
         o.notifyScripts = handler != nil
         for (i, inherit) in r.inheritFds.enumerated() {

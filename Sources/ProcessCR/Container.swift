@@ -28,6 +28,7 @@ public struct LaunchError: Error, CustomStringConvertible {
         case Int32(CRSNAP_STAGE_MOUNT_TMPFS.rawValue): return "mounting a tmpfs"
         case Int32(CRSNAP_STAGE_BIND_VOLUME.rawValue): return "bind-mounting a volume"
         case Int32(CRSNAP_STAGE_SETUID.rawValue): return "switching to the container's user and group"
+        case Int32(CRSNAP_STAGE_LOOPBACK.rawValue): return "bringing the loopback device up in the container's network namespace"
         default: return "stage \(s)"
         }
     }
@@ -47,6 +48,8 @@ public struct ContainerSpec {
     public var binds: [(source: String, target: String)] = []
     /// The command's user and group (`run --user`); nil: root.
     public var user: (uid: UInt32, gid: UInt32)?
+    /// A network namespace of its own (loopback only), not the caller's.
+    public var ownNetwork = false
 
     public init(root: String, hostname: String, argv: [String], env: [String], logFd: Int32, cgroupProcsFd: Int32) {
         self.root = root
@@ -82,7 +85,8 @@ public enum Containers {
                                                                       cgroup_procs_fd: spec.cgroupProcsFd, tmpfs: tmpfs,
                                                                       bind_sources: sources, bind_targets: targets,
                                                                       uid: spec.user.map { Int64($0.uid) } ?? -1,
-                                                                      gid: spec.user.map { Int64($0.gid) } ?? -1)
+                                                                      gid: spec.user.map { Int64($0.gid) } ?? -1,
+                                                                      new_net: spec.ownNetwork ? 1 : 0)
                                         return crsnap_launch_container(&c, &stage, &err)
                                     }
                                 }

@@ -12,8 +12,10 @@ struct PsCommand: ParsableCommand {
         gone without crsnap stopping it (the machine rebooted, or the pid
         namespace it ran in ended) is stopped, marked *, with the reason under
         the table; resume, stop, rm and doctor --repair work on it.
-        --json prints: name, state, pid, backend, snapshots, and reason when
-        the processes are gone.
+        NETWORK is run --network's mode: host (the host's network namespace)
+        or none (one of its own, loopback only).
+        --json prints: name, state, pid, backend, network, snapshots, and
+        reason when the processes are gone.
         """)
 
     @OptionGroup var storeOptions: StoreOptions
@@ -24,6 +26,7 @@ struct PsCommand: ParsableCommand {
         var state: String
         var pid: Int32?
         var backend: String
+        var network: String
         var snapshots: Int
         /// Set when the container was running but its processes are gone.
         var reason: String?
@@ -33,19 +36,21 @@ struct PsCommand: ParsableCommand {
         try reporting {
             let path = try Store.resolvePath(storeOptions.store)
             if !FileManager.default.fileExists(atPath: path) {
-                return json ? try printJSON([Row]()) : printTable(["NAME", "STATE", "PID", "BACKEND", "SNAPSHOTS"], [])
+                return json ? try printJSON([Row]()) : printTable(["NAME", "STATE", "PID", "BACKEND", "NETWORK", "SNAPSHOTS"], [])
             }
             let store = try Store.open(path)
             let rows: [Row] = store.containerNames().compactMap { n in
                 guard let c = try? Container(store: store, name: n), let cfg = try? c.config() else { return nil }
                 let (running, reason) = c.liveness
                 return Row(name: n, state: running ? "running" : "stopped", pid: running ? c.state()?.initPid : nil,
-                           backend: "\(store.backend.name)/\(cfg.kind.rawValue)", snapshots: c.snapshotNumbers().count,
+                           backend: "\(store.backend.name)/\(cfg.kind.rawValue)", network: cfg.networkMode.rawValue,
+                           snapshots: c.snapshotNumbers().count,
                            reason: reason)
             }
             if json { return try printJSON(rows) }
-            printTable(["NAME", "STATE", "PID", "BACKEND", "SNAPSHOTS"],
-                       rows.map { [$0.name, $0.state + ($0.reason == nil ? "" : "*"), $0.pid.map(String.init) ?? "-", $0.backend, String($0.snapshots)] })
+            printTable(["NAME", "STATE", "PID", "BACKEND", "NETWORK", "SNAPSHOTS"],
+                       rows.map { [$0.name, $0.state + ($0.reason == nil ? "" : "*"), $0.pid.map(String.init) ?? "-", $0.backend,
+                                   $0.network, String($0.snapshots)] })
             for r in rows { if let why = r.reason { print("* \(r.name): \(why)") } }
         }
     }

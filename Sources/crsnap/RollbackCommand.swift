@@ -18,10 +18,13 @@ struct RollbackCommand: ParsableCommand {
         restore fails, the pre-rollback state is restored instead.
         Works on a stopped container too. Paths the container keeps across
         rollback (run --keep) get their contents from before the rollback.
-        TCP connections of the processes the rollback stopped come back
-        closed: their peers saw them end, and a client reconnects (a stopped
-        container's come back established). Listening sockets, UDP and unix
-        sockets come back as they were.
+        In the host's network (run --network host), TCP connections of the
+        processes the rollback stopped come back closed: their peers saw them
+        end, and a client reconnects (a stopped container's come back
+        established). A container with a network of its own (--network none)
+        gets its network namespace back from the snapshot, connections
+        established. Listening sockets, UDP and unix sockets come back as they
+        were.
 
         With --lazy the processes run as soon as CRIU has restored them, before
         their memory is back: CRIU's lazy-pages daemon (userfaultfd) brings a

@@ -35,6 +35,8 @@ struct RunCommand: ParsableCommand {
     var volume: [String] = []
     @Option(help: ArgumentHelp("Run the command as this user and group (numbers; GID defaults to UID; no supplementary groups). CRIU dumps a task of another user only with CAP_SYS_RESOURCE (crsnap doctor NAME says).", valueName: "UID[:GID]"))
     var user: String?
+    @Option(help: ArgumentHelp("host: share the host's network (the default); none: a network namespace of its own with loopback only, checkpointed and restored with the processes (its TCP connections come back established, CRIU locks its network while it works).", valueName: "mode"))
+    var network: String?
     @Option(help: ArgumentHelp("Keep this path's current contents across rollback (repeatable, e.g. /var/log).", valueName: "path"))
     var keep: [String] = []
     @Argument(help: "Container name: letters, digits, '-', '_', '.'; no leading dot; at most 64.")
@@ -48,6 +50,7 @@ struct RunCommand: ParsableCommand {
             o.volumes = volume
             o.keep = keep
             o.user = user
+            o.network = network
             try Lifecycle.validate(o)
             try Lifecycle.run(store: try storeOptions.open(), o)
         }

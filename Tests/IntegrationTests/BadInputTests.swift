@@ -47,6 +47,7 @@ final class BadInputTests: XCTestCase {
             BadCase(["run", "x1", "--rootfs", "relative/dir", "--", "true"], 64, "absolute"),
             BadCase(["run", "x1", "--rootfs", "/nonexistent-crsnap", "--", "true"], 64, "not a directory"),
             BadCase(["run", "x1", "--env", "NOEQUALS", "--", "true"], 64, "KEY=VALUE"),
+            BadCase(["run", "x1", "--network", "bogus", "--", "true"], 64, "bogus"),
             BadCase(["take", "no-such-container"], 3, "no-such-container"),
             BadCase(["take", "../etc"], 64, "../etc"),
             BadCase(["take", cname, "--tag", "bad tag"], 64, "bad tag"),

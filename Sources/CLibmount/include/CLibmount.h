@@ -28,6 +28,7 @@ struct crsnap_container_spec {
     const char *const *bind_targets; // where, as host paths below `root`; as many as bind_sources
     long long uid;                 // the command's user and group (no supplementary groups); -1: stay root
     long long gid;
+    int new_net;                   // 1: a network namespace of its own with the loopback device up
 };
 
 /// Where a container launch failed, reported through a close-on-exec pipe.
