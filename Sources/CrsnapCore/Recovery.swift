@@ -123,10 +123,9 @@ enum Recovery {
                 revert.push("delete \(next)") { if backend.isVolume(next) { try backend.deleteVolume(next) } }
                 try Rollback.holdMonitor(c, revert: revert)
                 try c.cgroup().killAll()
-                // The interrupted rollback killed the tasks: their connections
-                // are closed (unless the network went with them).
-                let pid = try Rollback.swapAndRestore(c, n, revert: revert,
-                                                      closeTCP: !(try c.config()).networkMode.ownNamespace).pid
+                // The interrupted rollback killed the tasks.
+                let tcp = TCPRestore.automatic(killed: true, ownNetwork: try c.config().networkMode.ownNamespace)
+                let pid = try Rollback.swapAndRestore(c, n, revert: revert, closeTCP: tcp == .close).pid
                 return "\(c.name): an interrupted rollback to \(target) was finished (init pid \(pid))"
             }
         } catch {

@@ -14,7 +14,35 @@ public struct RollbackResult: Codable {
     public var pre_rollback: String?
     /// The snapshot held files only: the container's command was started afresh.
     public var restarted = false
+    /// What the restored TCP connections came back as: "close" or "restore"
+    /// (nil: files only, nothing restored).
+    public var tcp: String?
     public var stats: RollbackStats
+}
+
+/// `rollback --tcp` / `resume --tcp`: what the restored processes' TCP
+/// connections come back as.
+public enum TCPRestore: String, CaseIterable, Sendable {
+    /// Shut down: the process sees the connection end; its peer reconnects.
+    case close
+    /// Established, with the snapshot's sequence numbers (CRIU's repair mode).
+    case restore
+
+    public init(parsing text: String) throws {
+        guard let t = TCPRestore(rawValue: text) else {
+            throw CrsnapError(.usage, "invalid --tcp \"\(text)\": expected close or restore")
+        }
+        self = t
+    }
+
+    /// Without a choice: closed where the tasks were killed in the host's
+    /// network (their peers saw the end, their ends linger on the address
+    /// pairs), established otherwise (a network namespace of the
+    /// container's own comes back whole; CRIU closed a stopped container's
+    /// connections silently).
+    static func automatic(killed: Bool, ownNetwork: Bool) -> TCPRestore {
+        killed && !ownNetwork ? .close : .restore
+    }
 }
 
 public struct RollbackStats: Codable, Equatable {
@@ -53,6 +81,7 @@ public struct RollbackStats: Codable, Equatable {
 struct Restored {
     var pid: pid_t
     var stats = RollbackStats()
+    var tcp = TCPRestore.restore
 
     init?(reply: String) {
         let w = reply.split(separator: " ")
@@ -99,30 +128,32 @@ public enum Rollback {
     /// back to it starts the container's command afresh, which the caller
     /// must have agreed to (`restart`).
     public static func rollback(store: Store, id: SnapshotID, preSnapshot: Bool = true, lazy: Bool = false,
-                                restart: Bool = false) throws -> RollbackResult {
+                                restart: Bool = false, tcp: TCPRestore? = nil) throws -> RollbackResult {
         try Container.locked(store: store, name: id.container) { c in
-            return try rollbackLocked(c, id.number, preSnapshot: preSnapshot, lazy: lazy, restart: restart)
+            return try rollbackLocked(c, id.number, preSnapshot: preSnapshot, lazy: lazy, restart: restart, tcp: tcp)
         }
     }
 
     /// Goes back to the state the last rollback replaced.
-    public static func undo(store: Store, name: String, lazy: Bool = false, restart: Bool = false) throws -> RollbackResult {
+    public static func undo(store: Store, name: String, lazy: Bool = false, restart: Bool = false,
+                            tcp: TCPRestore? = nil) throws -> RollbackResult {
         try Container.locked(store: store, name: name) { c in
             guard let n = Undo.needed(c) else {
                 throw CrsnapError(.notFound, "container \"\(name)\" has no rollback to undo (none recorded, or its pre-rollback snapshot was deleted)")
             }
-            return try rollbackLocked(c, n, preSnapshot: true, lazy: lazy, restart: restart)
+            return try rollbackLocked(c, n, preSnapshot: true, lazy: lazy, restart: restart, tcp: tcp)
         }
     }
 
     /// Brings a stopped container back from its newest snapshot (after `take --stop`, or a reboot).
-    public static func resume(store: Store, name: String, lazy: Bool = false, restart: Bool = false) throws -> RollbackResult {
+    public static func resume(store: Store, name: String, lazy: Bool = false, restart: Bool = false,
+                              tcp: TCPRestore? = nil) throws -> RollbackResult {
         try Container.locked(store: store, name: name) { c in
             if c.isRunning { throw CrsnapError(.conflict, "container \"\(name)\" is running; resume is for a stopped container") }
             guard let n = c.snapshotNumbers().last else {
                 throw CrsnapError(.notFound, "container \"\(name)\" has no snapshot to resume from")
             }
-            return try rollbackLocked(c, n, preSnapshot: false, lazy: lazy, restart: restart)
+            return try rollbackLocked(c, n, preSnapshot: false, lazy: lazy, restart: restart, tcp: tcp)
         }
     }
 
@@ -136,7 +167,8 @@ public enum Rollback {
         return m.isFilesOnly
     }
 
-    static func rollbackLocked(_ c: Container, _ n: Int, preSnapshot: Bool, lazy: Bool, restart: Bool) throws -> RollbackResult {
+    static func rollbackLocked(_ c: Container, _ n: Int, preSnapshot: Bool, lazy: Bool, restart: Bool,
+                               tcp: TCPRestore? = nil) throws -> RollbackResult {
         let id = "\(c.name)@\(n)"
         let started = DispatchTime.now()
         var preMs = 0.0, cloneMs = 0.0
@@ -189,14 +221,14 @@ public enum Rollback {
 
         // Stop the tree, swap the volume, restore.
         do {
-            let restored = try stopAndRestore(c, n, faults: true, lazy: lazy)
+            let restored = try stopAndRestore(c, n, faults: true, lazy: lazy, tcp: tcp)
             try? JSON.write(Undo.Record(preRollback: pre, target: n, at: Date()), to: Undo.path(c))
             var stats = restored.stats
             stats.pre_rollback_ms = preMs
             stats.fs_ms += cloneMs
             stats.total_ms = milliseconds(since: started)
             return RollbackResult(id: id, pid: restored.pid, pre_rollback: pre.map { "\(c.name)@\($0)" }, restarted: filesOnly,
-                                  stats: stats)
+                                  tcp: filesOnly ? nil : restored.tcp.rawValue, stats: stats)
         } catch {
             // The swap was undone: the files are as before the rollback.
             var message = "rollback to \(id) failed: \(error)\n"
@@ -234,8 +266,9 @@ public enum Rollback {
     /// volume back in place, the clone deleted, the journal ended).
     /// `killedBefore`: the tasks were killed by an earlier attempt (the way
     /// back after a failed restore), so their connections are closed too.
+    /// `tcp` nil: `TCPRestore.automatic`.
     static func stopAndRestore(_ c: Container, _ n: Int, faults: Bool, lazy: Bool, keep: Bool = true,
-                               killedBefore: Bool = false) throws -> Restored {
+                               killedBefore: Bool = false, tcp: TCPRestore? = nil) throws -> Restored {
         let backend = c.store.backend
         let revert = Revert()
         revert.push("end journal") { try Sys.unlink(c.journalPath) }
@@ -259,12 +292,13 @@ public enum Rollback {
             // the container's own goes with them and comes back whole.
             let running = !(try c.cgroup().procs()).isEmpty
             let ownNetwork = try c.config().networkMode.ownNamespace
-            let closeTCP = (killedBefore || running) && !ownNetwork
+            let choice = tcp ?? .automatic(killed: killedBefore || running, ownNetwork: ownNetwork)
             let t = DispatchTime.now()
             try c.cgroup().killAll()
             let killMs = milliseconds(since: t)
             if faults { try Faults.check("rollback.killed") }
-            var restored = try swapAndRestore(c, n, revert: revert, faults: faults, lazy: lazy, keep: keep, closeTCP: closeTCP)
+            var restored = try swapAndRestore(c, n, revert: revert, faults: faults, lazy: lazy, keep: keep, closeTCP: choice == .close)
+            restored.tcp = choice
             restored.stats.kill_ms = killMs
             restored.stats.flush_ms = flushMs
             return restored
@@ -410,8 +444,9 @@ public enum BareRestore {
             let t = DispatchTime.now()
             try c.cgroup().killAll()
             let killMs = milliseconds(since: t)
+            let tcp = TCPRestore.automatic(killed: true, ownNetwork: try c.config().networkMode.ownNamespace)
             let reply = try MonitorChannel.request(dir: c.dir, Rollback.restoreRequest(c, id.number, m, lazy: false,
-                                                                                         closeTCP: !(try c.config()).networkMode.ownNamespace))
+                                                                                         closeTCP: tcp == .close))
             guard var restored = Restored(reply: reply) else {
                 _ = try? MonitorChannel.request(dir: c.dir, "release")
                 throw CrsnapError(.failed, "bare restore of \(id) failed: \(MonitorChannel.words(reply))")

@@ -44,26 +44,29 @@ struct RollbackCommand: ParsableCommand {
     var lazy = false
     @Flag(help: "Agree that rolling back to a files-only snapshot restarts the container's command (asked on a terminal; needed in scripts).")
     var yes = false
-    @Flag(help: "Print JSON: id, pid, pre_rollback, restarted (the command was started afresh: a files-only snapshot), stats (total_ms; pre_rollback_ms, the snapshot of the state replaced; flush_ms, writing the store's dirty data back while the tasks still run; kill_ms, stopping the tasks; fs_ms, the snapshot's files put in place (keep_ms of it copying run --keep paths); restore_ms, CRIU's restore; lazy_pages_ms, with --lazy the time the tasks ran before all their memory was back; locks_checked, locks_repaired, lock_repair_ms).") var json = false
+    @Option(help: ArgumentHelp("What the restored processes' TCP connections come back as: close (shut down; their peers reconnect) or restore (established, as in the snapshot). Default: close in the host's network when the rollback stopped the processes, else restore.", valueName: "close|restore"))
+    var tcp: String?
+    @Flag(help: "Print JSON: id, pid, pre_rollback, restarted (the command was started afresh: a files-only snapshot), tcp (close or restore), stats (total_ms; pre_rollback_ms, the snapshot of the state replaced; flush_ms, writing the store's dirty data back while the tasks still run; kill_ms, stopping the tasks; fs_ms, the snapshot's files put in place (keep_ms of it copying run --keep paths); restore_ms, CRIU's restore; lazy_pages_ms, with --lazy the time the tasks ran before all their memory was back; locks_checked, locks_repaired, lock_repair_ms).") var json = false
     @Argument(help: ArgumentHelp("Snapshot id NAME@N (with --undo: the container NAME).", valueName: "target"))
     var target: String
 
     func run() throws {
         try reporting {
             let store = { try storeOptions.openExisting() }
+            let tcp = try self.tcp.map(TCPRestore.init(parsing:))
             let r: RollbackResult
             if undo {
                 try Names.validate(target)
                 let s = try store()
                 let restart = yes || (Rollback.isFilesOnly(store: s, name: target, number: nil, undo: true)
                                       && confirmRestart("the state the last rollback of \(target) replaced"))
-                r = try Rollback.undo(store: s, name: target, lazy: lazy, restart: restart)
+                r = try Rollback.undo(store: s, name: target, lazy: lazy, restart: restart, tcp: tcp)
             } else {
                 let sid = try SnapshotID(parsing: target)
                 let s = try store()
                 let restart = yes || (Rollback.isFilesOnly(store: s, name: sid.container, number: sid.number)
                                       && confirmRestart("\(sid)"))
-                r = try Rollback.rollback(store: s, id: sid, preSnapshot: !noPreSnapshot, lazy: lazy, restart: restart)
+                r = try Rollback.rollback(store: s, id: sid, preSnapshot: !noPreSnapshot, lazy: lazy, restart: restart, tcp: tcp)
             }
             if r.restarted { Progress.note("\(r.id) holds files only: the container's command was started afresh (init pid \(r.pid))") }
             if let pre = r.pre_rollback { Progress.note("replaced state kept as \(pre) (crsnap rollback --undo to return)") }
@@ -82,14 +85,17 @@ struct ResumeCommand: ParsableCommand {
     var lazy = false
     @Flag(help: "Agree that resuming from a files-only snapshot starts the container's command afresh (asked on a terminal; needed in scripts).")
     var yes = false
+    @Option(help: ArgumentHelp("What the restored processes' TCP connections come back as: close or restore, as rollback --tcp. Default: restore (CRIU closed them silently when it stopped the container).", valueName: "close|restore"))
+    var tcp: String?
     @Argument(help: "Container name.") var name: String
 
     func run() throws {
         try reporting {
             try Names.validate(name)
+            let tcp = try self.tcp.map(TCPRestore.init(parsing:))
             let s = try storeOptions.openExisting()
             let restart = yes || (Rollback.isFilesOnly(store: s, name: name, number: nil) && confirmRestart("the newest snapshot of \(name)"))
-            let r = try Rollback.resume(store: s, name: name, lazy: lazy, restart: restart)
+            let r = try Rollback.resume(store: s, name: name, lazy: lazy, restart: restart, tcp: tcp)
             Progress.note("resumed \(name) from \(r.id)")
         }
     }

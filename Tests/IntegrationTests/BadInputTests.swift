@@ -65,6 +65,8 @@ final class BadInputTests: XCTestCase {
             BadCase(["rm", cname], 4, "running"),
             BadCase(["stop", "nobody"], 3, "nobody"),
             BadCase(["verify", "\(cname)@1", "--for", "2"], 64, "--restore-test"),
+            BadCase(["rollback", "\(cname)@1", "--tcp", "keep"], 64, "keep"),
+            BadCase(["resume", cname, "--tcp", "keep"], 64, "keep"),
             BadCase(["verify", "\(cname)@1", "--restore-test", "--for", "0"], 64, "--for"),
             BadCase(["verify", "\(cname)@1", "--restore-test", "--for", "601"], 64, "600"),
             BadCase(["verify", "\(cname)@2", "--restore-test"], 3, "\(cname)@2"),

@@ -212,7 +212,7 @@ final class LifecycleTests: XCTestCase {
         let ps = try object(["ps", "--json"]) as! [Any]
         XCTAssertTrue(ps.contains { keys($0).isSuperset(of: ["name", "state", "pid", "backend", "snapshots"]) })
         let rb = try object(["rollback", "\(c.name)@1", "--json"])
-        XCTAssertEqual(keys(rb), ["id", "pid", "pre_rollback", "restarted", "stats"])
+        XCTAssertEqual(keys(rb), ["id", "pid", "pre_rollback", "restarted", "stats", "tcp"])
         XCTAssertEqual(keys((rb as! [String: Any])["stats"]!), ["total_ms", "pre_rollback_ms", "flush_ms", "kill_ms", "fs_ms", "restore_ms", "lazy_pages_ms",
                                                                 "keep_ms", "locks_checked", "locks_repaired", "lock_repair_ms"])
         let diff = try object(["diff", "\(c.name)@1", "--json"]) as! [Any]

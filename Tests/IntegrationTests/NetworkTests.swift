@@ -111,6 +111,17 @@ final class NetworkTests: XCTestCase {
         XCTAssertEqual(show["network"] as? String, "none")
         let test = try crsnap(["verify", id, "--restore-test", "--for", "1"])
         XCTAssertEqual(test.status, 0, test.stderr)
+
+        // rollback --tcp close: the same connection comes back shut down.
+        let closed = json(try crsnapOK(["rollback", id, "--tcp", "close", "--json"])) as? [String: Any] ?? [:]
+        XCTAssertEqual(closed["tcp"] as? String, "close")
+        XCTAssertTrue(waitFor(10) { self.connectionEnded(a) }, "the connection came back open: \(log(a).suffix(3))")
+    }
+
+    /// The pair's client saw its connection end (EOF or a broken pipe).
+    func connectionEnded(_ c: TestContainer) -> Bool {
+        let said = (try? crsnap(["logs", c.name]).stdout) ?? ""
+        return log(c).last?.hasSuffix("EOF") == true || said.contains("BrokenPipeError") || said.contains("ConnectionResetError")
     }
 
     /// The host's network (the default): the same pair's connection comes
@@ -119,11 +130,9 @@ final class NetworkTests: XCTestCase {
     func testInTheHostsNetworkTheConnectionComesBackClosed() throws {
         let c = try start("it-net-host", "host", port: freeLoopbackPort())
         let id = try crsnapOK(["take", c.name]).trimmingCharacters(in: .whitespacesAndNewlines)
-        try crsnapOK(["rollback", id])
-        XCTAssertTrue(waitFor(10) {
-            let said = (try? crsnap(["logs", c.name]).stdout) ?? ""
-            return self.log(c).last?.hasSuffix("EOF") == true || said.contains("BrokenPipeError") || said.contains("ConnectionResetError")
-        }, "the connection came back open: \(log(c).suffix(3)) \((try? crsnap(["logs", c.name]).stdout) ?? "")")
+        let r = json(try crsnapOK(["rollback", id, "--json"])) as? [String: Any] ?? [:]
+        XCTAssertEqual(r["tcp"] as? String, "close")
+        XCTAssertTrue(waitFor(10) { self.connectionEnded(c) }, "the connection came back open: \(log(c).suffix(3))")
         let ps = json(try crsnapOK(["ps", "--json"])) as? [[String: Any]] ?? []
         XCTAssertEqual(ps.first { $0["name"] as? String == c.name }?["network"] as? String, "host")
     }
