@@ -281,8 +281,7 @@ public final class Monitor {
             // The snapshot's unlinked open files were placed in the root by
             // the rollback; CRIU opens them, and they are unlinked again
             // before the tasks run.
-            let placed = Sys.exists("\(root)/\(Unlinked.scratchDir)")
-            let handler = placed ? PostRestore { try Unlinked.unlinkPlaced(root: root) } : nil
+            let handler = Unlinked.postRestore(root: root)
             // Processes that held file locks come back stopped, so that the
             // locks CRIU lost can be taken again before any of them runs.
             let locks = try FileLocks.recorded(imagesDir: images)

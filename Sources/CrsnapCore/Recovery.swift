@@ -124,8 +124,7 @@ enum Recovery {
                 try Rollback.holdMonitor(c, revert: revert)
                 try c.cgroup().killAll()
                 // The interrupted rollback killed the tasks.
-                let tcp = TCPRestore.automatic(killed: true, ownNetwork: try c.config().networkMode.ownNamespace)
-                let pid = try Rollback.swapAndRestore(c, n, revert: revert, closeTCP: tcp == .close).pid
+                let pid = try Rollback.swapAndRestore(c, n, revert: revert, killed: true).pid
                 return "\(c.name): an interrupted rollback to \(target) was finished (init pid \(pid))"
             }
         } catch {

@@ -96,14 +96,7 @@ public enum RestoreTest {
         }
         Sys.close(fds[1])
         Sys.close(null)
-        var output: [UInt8] = []
-        var buf = [UInt8](repeating: 0, count: 4096)
-        while true {
-            let k = buf.withUnsafeMutableBytes { read(fds[0], $0.baseAddress, $0.count) }
-            if k > 0 { output += buf[0..<k]; continue }
-            if k < 0 && errno == EINTR { continue }
-            break
-        }
+        let output = Sys.readToEnd(fds[0])
         Sys.close(fds[0])
         let status = Program.wait(pid)
         var report: Report
@@ -215,8 +208,7 @@ public enum RestoreTest {
             req.closeTCP = !config.networkMode.ownNamespace
             req.networkLock = config.networkMode.ownNamespace
             req.workDir = work  // CRIU's log goes here, not into the snapshot
-            let placed = Sys.exists("\(root)/\(Unlinked.scratchDir)")
-            let handler = placed ? PostRestore { try Unlinked.unlinkPlaced(root: root) } : nil
+            let handler = Unlinked.postRestore(root: root)
             let r0 = DispatchTime.now()
             let pid: pid_t
             do {
@@ -227,10 +219,11 @@ public enum RestoreTest {
             }
             Sys.close(out[1])
             report.restore_ms = milliseconds(since: r0)
+            var reaped = false
             cleanups.append {
                 try? cg.killAll()
                 var status: Int32 = 0
-                while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
+                if !reaped { while waitpid(pid, &status, 0) < 0 && errno == EINTR {} }
                 drained.wait()
                 Sys.close(readEnd)
             }
@@ -249,9 +242,7 @@ public enum RestoreTest {
                     let said = tail.text
                     if !said.isEmpty { problem += "; its last output:\n" + said }
                     report.problem = problem
-                    // Reaped: the cleanup must not wait for it again.
-                    cleanups.removeLast()
-                    cleanups.append { try? cg.killAll(); Sys.close(readEnd) }
+                    reaped = true
                     break
                 }
                 usleep(20_000)

@@ -287,18 +287,13 @@ public enum Rollback {
                 let reply = try MonitorChannel.request(dir: c.dir, "lazy-pages\n\(c.snapshotDir(n))/images")
                 guard reply == "ok" else { throw CrsnapError(.failed, MonitorChannel.words(reply)) }
             }
-            // Tasks killed here had their connections closed by the kernel;
-            // in the host's network their ends linger. A network namespace of
-            // the container's own goes with them and comes back whole.
             let running = !(try c.cgroup().procs()).isEmpty
-            let ownNetwork = try c.config().networkMode.ownNamespace
-            let choice = tcp ?? .automatic(killed: killedBefore || running, ownNetwork: ownNetwork)
             let t = DispatchTime.now()
             try c.cgroup().killAll()
             let killMs = milliseconds(since: t)
             if faults { try Faults.check("rollback.killed") }
-            var restored = try swapAndRestore(c, n, revert: revert, faults: faults, lazy: lazy, keep: keep, closeTCP: choice == .close)
-            restored.tcp = choice
+            var restored = try swapAndRestore(c, n, revert: revert, faults: faults, lazy: lazy, keep: keep,
+                                              killed: killedBefore || running, tcp: tcp)
             restored.stats.kill_ms = killMs
             restored.stats.flush_ms = flushMs
             return restored
@@ -362,9 +357,11 @@ public enum Rollback {
     /// snapshotted with the snapshot go back too, kept paths (`run --keep`)
     /// are copied from the replaced files, the root is mounted and the
     /// monitor restores the tree; then what was replaced is deleted and the
-    /// journal ended. Undone by `revert` on failure.
+    /// journal ended. Undone by `revert` on failure. `killed`: crsnap killed
+    /// the tree it replaces; with `tcp` nil it decides what the TCP
+    /// connections come back as (`TCPRestore.automatic`).
     static func swapAndRestore(_ c: Container, _ n: Int, revert: Revert, faults: Bool = true, lazy: Bool = false,
-                               keep: Bool = true, closeTCP: Bool) throws -> Restored {
+                               keep: Bool = true, killed: Bool, tcp: TCPRestore? = nil) throws -> Restored {
         let backend = c.store.backend
         let config = try c.config()
         let m = try c.manifest(n)
@@ -403,12 +400,14 @@ public enum Rollback {
         let fsMs = milliseconds(since: t)
         try fault("rollback.restore")
         // A files-only snapshot: the command starts afresh on its files.
-        let request = m.isFilesOnly ? "launch\n\(m.id)" : restoreRequest(c, n, m, lazy: lazy, closeTCP: closeTCP)
+        let choice = tcp ?? .automatic(killed: killed, ownNetwork: config.networkMode.ownNamespace)
+        let request = m.isFilesOnly ? "launch\n\(m.id)" : restoreRequest(c, n, m, lazy: lazy, closeTCP: choice == .close)
         let reply = try MonitorChannel.request(dir: c.dir, request, afterSend: { try fault("rollback.restoring") })
         guard var restored = Restored(reply: reply) else {
             // The caller says what was being done: the monitor's own words.
             throw CrsnapError(.failed, MonitorChannel.words(reply))
         }
+        restored.tcp = choice
         restored.stats.fs_ms = fsMs
         restored.stats.keep_ms = keepMs
         try fault("rollback.restored")

@@ -122,6 +122,13 @@ public enum Unlinked {
         try FilesImage.relocateExternal(in: imagesDir, to: paths)
     }
 
+    /// The handler a restore into `root` needs when unlinked files were
+    /// placed there (see `place`): it unlinks them at CRIU's post-restore
+    /// notification. nil when none were.
+    static func postRestore(root: String) -> PostRestore? {
+        Sys.exists("\(root)/\(scratchDir)") ? PostRestore { try unlinkPlaced(root: root) } : nil
+    }
+
     /// In the monitor, at CRIU's post-restore notification (tasks restored,
     /// not yet resumed): unlinks the placed files, which the restored tasks
     /// now hold open, and their directory, through the mounted root.

@@ -138,6 +138,19 @@ public enum Sys {
         return out
     }
 
+    /// Everything fd `fd` gives until EOF (or a read error), retrying EINTR:
+    /// for the read end of a pipe whose writers all close it.
+    public static func readToEnd(_ fd: Int32) -> [UInt8] {
+        var out: [UInt8] = []
+        var buf = [UInt8](repeating: 0, count: 16384)
+        while true {
+            let n = buf.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress, $0.count) }
+            if n > 0 { out.append(contentsOf: buf[0..<n]); continue }
+            if n < 0 && Glibc.errno == EINTR { continue }
+            return out
+        }
+    }
+
     public static func readText(_ path: String) throws -> String {
         String(decoding: try readFile(path), as: UTF8.self)
     }
@@ -233,14 +246,7 @@ public enum Program {
             Sys.close(fds[0])
             throw SystemError("exec", path, errno: e)
         }
-        var output: [UInt8] = []
-        var buf = [UInt8](repeating: 0, count: 16384)
-        while true {
-            let n = buf.withUnsafeMutableBytes { Glibc.read(fds[0], $0.baseAddress, $0.count) }
-            if n > 0 { output.append(contentsOf: buf[0..<n]); continue }
-            if n < 0 && Glibc.errno == EINTR { continue }
-            break
-        }
+        let output = Sys.readToEnd(fds[0])
         Sys.close(fds[0])
         let status = wait(pid)
         let text = String(decoding: output, as: UTF8.self)
