@@ -73,11 +73,6 @@ final class FileLockTests: XCTestCase {
         if !cname.isEmpty { _ = try? crsnap(["rm", "--force", cname]) }
     }
 
-    static func workload(_ name: String) -> String {
-        let here = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
-        return (try? String(contentsOf: here.appendingPathComponent("Workloads/\(name)"), encoding: .utf8)) ?? ""
-    }
-
     func said() throws -> [String] {
         try crsnap(["logs", cname]).stdout.split(separator: "\n").map(String.init)
     }
@@ -88,7 +83,7 @@ final class FileLockTests: XCTestCase {
         cname = uniqueName(rootfs ? "it-lock-sub" : "it-lock")
         var run = ["run", cname]
         if rootfs { run += ["--rootfs", Env.rootfs!] }
-        try crsnapOK(run + ["--", "python3", "-c", Self.workload("locks.py")], env: env)
+        try crsnapOK(run + ["--", "python3", "-c", workloadText("locks.py")], env: env)
         let c = TestContainer(name: cname, overlay: !rootfs)
         XCTAssertTrue(waitFor(60) { self.count("ready") == 1 && lockTable(c).contains { $0.waiting } },
                       "the workload holds its locks and the waiter waits: \((try? self.said()) ?? []) \(lockTable(c))")
@@ -173,7 +168,7 @@ final class FileLockTests: XCTestCase {
         cname = uniqueName(rootfs ? "it-sqlite-sub" : "it-sqlite")
         var run = ["run", cname]
         if rootfs { run += ["--rootfs", Env.rootfs!] }
-        try crsnapOK(run + ["--", "python3", "-c", Self.workload("sqlite_writer.py")])
+        try crsnapOK(run + ["--", "python3", "-c", workloadText("sqlite_writer.py")])
         let c = TestContainer(name: cname, overlay: !rootfs)
         XCTAssertTrue(waitFor(60) { self.count("ready") == 1 }, "\((try? self.said()) ?? [])")
         let writer = c.cgroupProcs
@@ -181,7 +176,7 @@ final class FileLockTests: XCTestCase {
         /// (integrity, count, min, max) as a second process sees them, or
         /// what went wrong.
         func look() throws -> (seen: (ok: String, count: Int, low: Int, high: Int)?, why: String) {
-            let r = try crsnap(["exec", cname, "--", "python3", "-c", Self.workload("sqlite_check.py")])
+            let r = try crsnap(["exec", cname, "--", "python3", "-c", workloadText("sqlite_check.py")])
             let w = r.stdout.split(separator: " ").map { $0.trimmingCharacters(in: .whitespacesAndNewlines) }
             guard r.status == 0, w.count == 4, let n = Int(w[1]), let lo = Int(w[2]), let hi = Int(w[3]) else {
                 return (nil, "exit \(r.status): \(r.stdout) \(r.stderr)")

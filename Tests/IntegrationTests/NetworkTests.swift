@@ -65,8 +65,6 @@ final class NetworkTests: XCTestCase {
         ((try? String(contentsOfFile: "\(c.filesDir)/var/lib/pair/log", encoding: .utf8)) ?? "").split(separator: "\n").map(String.init)
     }
 
-    func json(_ text: String) -> Any? { try? JSONSerialization.jsonObject(with: Data(text.utf8)) }
-
     /// Two containers with networks of their own listen on the same port,
     /// unreachable from the host; take and rollback keep the connection
     /// inside one of them established: its client carries on from the
@@ -105,15 +103,15 @@ final class NetworkTests: XCTestCase {
         let links = dev.stdout.split(separator: "\n").dropFirst(2).compactMap { $0.split(separator: ":").first?.trimmingCharacters(in: .whitespaces) }
         XCTAssertEqual(links, ["lo"], "exec does not see the container's network")
 
-        let ps = json(try crsnapOK(["ps", "--json"])) as? [[String: Any]] ?? []
+        let ps = jsonObjects(try crsnapOK(["ps", "--json"]))
         XCTAssertEqual(ps.first { $0["name"] as? String == a.name }?["network"] as? String, "none")
-        let show = json(try crsnapOK(["show", id, "--json"])) as? [String: Any] ?? [:]
+        let show = jsonObject(try crsnapOK(["show", id, "--json"]))
         XCTAssertEqual(show["network"] as? String, "none")
         let test = try crsnap(["verify", id, "--restore-test", "--for", "1"])
         XCTAssertEqual(test.status, 0, test.stderr)
 
         // rollback --tcp close: the same connection comes back shut down.
-        let closed = json(try crsnapOK(["rollback", id, "--tcp", "close", "--json"])) as? [String: Any] ?? [:]
+        let closed = jsonObject(try crsnapOK(["rollback", id, "--tcp", "close", "--json"]))
         XCTAssertEqual(closed["tcp"] as? String, "close")
         XCTAssertTrue(waitFor(10) { self.connectionEnded(a) }, "the connection came back open: \(log(a).suffix(3))")
     }
@@ -130,10 +128,10 @@ final class NetworkTests: XCTestCase {
     func testInTheHostsNetworkTheConnectionComesBackClosed() throws {
         let c = try start("it-net-host", "host", port: freeLoopbackPort())
         let id = try crsnapOK(["take", c.name]).trimmingCharacters(in: .whitespacesAndNewlines)
-        let r = json(try crsnapOK(["rollback", id, "--json"])) as? [String: Any] ?? [:]
+        let r = jsonObject(try crsnapOK(["rollback", id, "--json"]))
         XCTAssertEqual(r["tcp"] as? String, "close")
         XCTAssertTrue(waitFor(10) { self.connectionEnded(c) }, "the connection came back open: \(log(c).suffix(3))")
-        let ps = json(try crsnapOK(["ps", "--json"])) as? [[String: Any]] ?? []
+        let ps = jsonObjects(try crsnapOK(["ps", "--json"]))
         XCTAssertEqual(ps.first { $0["name"] as? String == c.name }?["network"] as? String, "host")
     }
 }

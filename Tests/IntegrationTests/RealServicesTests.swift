@@ -27,11 +27,6 @@ final class RealServicesTests: XCTestCase {
         if !cname.isEmpty { _ = try? crsnap(["rm", "--force", cname]) }
     }
 
-    static func workload(_ name: String) -> String {
-        let here = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
-        return here.appendingPathComponent("Workloads/\(name)").path
-    }
-
     /// Starts a host program in the background; it is killed at tearDown if
     /// still running.
     func background(_ path: String, _ args: [String]) throws -> Process {
@@ -43,10 +38,6 @@ final class RealServicesTests: XCTestCase {
         try p.run()
         cleanups.append { if p.isRunning, p.processIdentifier > 1 { kill(p.processIdentifier, SIGKILL); p.waitUntilExit() } }
         return p
-    }
-
-    func json(_ text: String) -> [String: Any] {
-        (try? JSONSerialization.jsonObject(with: Data(text.utf8))) as? [String: Any] ?? [:]
     }
 
     func sha256(_ path: String) throws -> String {
@@ -93,7 +84,7 @@ final class RealServicesTests: XCTestCase {
 
         let stop = NSTemporaryDirectory() + "\(cname).stop", report = NSTemporaryDirectory() + "\(cname).report"
         cleanups.append { unlink(stop); unlink(report) }
-        let load = try background("/usr/bin/python3", [Self.workload("redis_client.py"), "load", "\(port)", stop, report])
+        let load = try background("/usr/bin/python3", [workloadPath("redis_client.py"), "load", "\(port)", stop, report])
         func n() throws -> Int { Int(try cli(port, "GET", "n")) ?? 0 }
         XCTAssertTrue(waitFor(30) { ((try? n()) ?? 0) > 300 && FileManager.default.fileExists(atPath: "\(c.filesDir)\(dir)/dump.rdb") },
                       "the client did not get going")
@@ -110,14 +101,14 @@ final class RealServicesTests: XCTestCase {
         _ = FileManager.default.createFile(atPath: stop, contents: nil)
         load.waitUntilExit()
         XCTAssertEqual(load.terminationStatus, 0, "the load client failed")
-        let r = json((try? String(contentsOfFile: report, encoding: .utf8)) ?? "")
+        let r = jsonObject((try? String(contentsOfFile: report, encoding: .utf8)) ?? "")
         XCTAssertGreaterThanOrEqual(r["reconnects"] as? Int ?? 0, 1, "the client never noticed the rollback: \(r)")
 
         /// What redis holds after a quiet rollback to `id`.
         func state(_ when: String) throws -> (digest: String, n: Int, dump: String) {
             try crsnapOK(["rollback", id])
             let digest = try cli(port, "DEBUG", "DIGEST")
-            let check = json(try runProgram("/usr/bin/python3", [Self.workload("redis_client.py"), "check", "\(port)"]).stdout)
+            let check = jsonObject(try runProgram("/usr/bin/python3", [workloadPath("redis_client.py"), "check", "\(port)"]).stdout)
             let n = check["n"] as? Int ?? -1
             XCTAssertEqual(check["missing"] as? Int, 0, "\(when): keys missing: \(check)")
             XCTAssertEqual(check["wrong"] as? Int, 0, "\(when): wrong values: \(check)")
@@ -156,7 +147,7 @@ final class RealServicesTests: XCTestCase {
         let ask = "import socket; s = socket.socket(socket.AF_UNIX); s.connect('/srv/crsnap-evloop/ctl.sock'); print(s.makefile().read())"
         let r = try crsnap(["exec", cname, "--", "/usr/bin/python3", "-c", ask])
         XCTAssertEqual(r.status, 0, "\(when): state: \(r.stderr)")
-        let s = json(r.stdout)
+        let s = jsonObject(r.stdout)
         XCTAssertFalse(s.isEmpty, "\(when): no state: \(r.stdout)")
         XCTAssertTrue(s["error"] is NSNull, "\(when): the program saw \(s["error"] ?? "?")")
         XCTAssertLessThan(s["tick_age_ms"] as? Int ?? 99_999, 1_000, "\(when): the timerfd stopped: \(s)")
@@ -176,7 +167,7 @@ final class RealServicesTests: XCTestCase {
     func testAThreadedEventLoopWithItsDescriptorsRollsBack() throws {
         cname = uniqueName("it-evloop")
         try crsnapOK(["run", cname, "--", "/usr/bin/python3", "-u", "-c",
-                      (try? String(contentsOfFile: Self.workload("evloop.py"), encoding: .utf8)) ?? ""])
+                      workloadText("evloop.py")])
         let c = TestContainer(name: cname, overlay: true)
         XCTAssertTrue(waitFor(30) { ((try? crsnap(["logs", self.cname]).stdout) ?? "").contains("ready") },
                       "the program did not start: \((try? crsnap(["logs", cname]).stderr) ?? "")")
@@ -240,7 +231,7 @@ final class RealServicesTests: XCTestCase {
         """
 
     func get(_ port: Int, _ path: String) throws -> (status: Int, body: String) {
-        let r = try runProgram("/usr/bin/python3", [Self.workload("http_client.py"), "get", "\(port)", path])
+        let r = try runProgram("/usr/bin/python3", [workloadPath("http_client.py"), "get", "\(port)", path])
         let lines = r.stdout.split(separator: "\n", maxSplits: 1).map(String.init)
         return (Int(lines.first ?? "") ?? -1, lines.count > 1 ? lines[1].trimmingCharacters(in: .whitespacesAndNewlines) : "")
     }
@@ -259,14 +250,14 @@ final class RealServicesTests: XCTestCase {
         let stop = NSTemporaryDirectory() + "\(cname).http.stop", report = NSTemporaryDirectory() + "\(cname).http.report"
         unlink(stop)
         defer { unlink(stop); unlink(report) }
-        let load = try background("/usr/bin/python3", [Self.workload("http_client.py"), "load", "\(port)", stop, report])
+        let load = try background("/usr/bin/python3", [workloadPath("http_client.py"), "load", "\(port)", stop, report])
         usleep(300_000)
         try work()
         usleep(300_000)
         _ = FileManager.default.createFile(atPath: stop, contents: nil)
         load.waitUntilExit()
         XCTAssertEqual(load.terminationStatus, 0, "the HTTP client failed")
-        return json((try? String(contentsOfFile: report, encoding: .utf8)) ?? "")
+        return jsonObject((try? String(contentsOfFile: report, encoding: .utf8)) ?? "")
     }
 
     /// nginx, a master and three workers, serving four keep-alive clients:

@@ -78,10 +78,6 @@ final class RestoreTestTests: XCTestCase {
         return entries.sorted() + mountsBelow(c.dir) + cgroups.sorted() + subvolumes.sorted()
     }
 
-    func json(_ text: String) -> [String: Any] {
-        (try? JSONSerialization.jsonObject(with: Data(text.utf8))) as? [String: Any] ?? [:]
-    }
-
     /// The snapshot restores beside the live container, which listens on the
     /// same port (own network namespace), writes nothing into the host's
     /// volume directory (an overlay took the writes), and everything is gone
@@ -96,7 +92,7 @@ final class RestoreTestTests: XCTestCase {
 
         let r = try crsnap(["verify", id, "--restore-test", "--for", "1.5", "--json"])
         XCTAssertEqual(r.status, 0, r.stderr + r.stdout)
-        let test = json(r.stdout)["restore_test"] as? [String: Any] ?? [:]
+        let test = jsonObject(r.stdout)["restore_test"] as? [String: Any] ?? [:]
         XCTAssertEqual(test["ok"] as? Bool, true, "\(r.stdout)")
         XCTAssertEqual(test["tasks"] as? Int, 1, "\(test)")
         XCTAssertEqual((test["ended"] as? [String])?.count, 0, "\(test)")
@@ -123,7 +119,7 @@ final class RestoreTestTests: XCTestCase {
         try FileManager.default.removeItem(atPath: "\(hostDir)/held")
         let bad = try crsnap(["verify", id, "--restore-test", "--json"])
         XCTAssertEqual(bad.status, 1, bad.stderr)
-        let failed = json(bad.stdout)["restore_test"] as? [String: Any] ?? [:]
+        let failed = jsonObject(bad.stdout)["restore_test"] as? [String: Any] ?? [:]
         XCTAssertEqual(failed["ok"] as? Bool, false)
         XCTAssertTrue((failed["problem"] as? String ?? "").contains("held"), "\(failed)")
         XCTAssertTrue(bad.stderr.contains("restore test of \(id) failed"), bad.stderr)
@@ -155,7 +151,7 @@ final class RestoreTestTests: XCTestCase {
         let ok = try crsnap(["guard", cname, "--test", "--json", "--", "/usr/bin/touch", marker])
         XCTAssertEqual(ok.status, 0, ok.stderr)
         XCTAssertTrue(FileManager.default.fileExists(atPath: marker))
-        let outcome = json(ok.stdout)
+        let outcome = jsonObject(ok.stdout)
         XCTAssertEqual((outcome["restore_test"] as? [String: Any])?["ok"] as? Bool, true, ok.stdout)
         XCTAssertNotNil(outcome["post"] as? String)
     }

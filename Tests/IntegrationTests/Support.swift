@@ -234,9 +234,27 @@ func waitFor(_ timeout: Double, _ cond: () -> Bool) -> Bool {
     return cond()
 }
 
-var workloadSource: String {
-    let here = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
-    return (try? String(contentsOf: here.appendingPathComponent("Workloads/counter.py"), encoding: .utf8)) ?? ""
+/// The path of a workload program in Tests/IntegrationTests/Workloads.
+func workloadPath(_ name: String) -> String {
+    URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("Workloads/\(name)").path
+}
+
+/// A workload program's text ("" when missing: the container then fails to start).
+func workloadText(_ name: String) -> String {
+    (try? String(contentsOfFile: workloadPath(name), encoding: .utf8)) ?? ""
+}
+
+var workloadSource: String { workloadText("counter.py") }
+
+/// A JSON object crsnap printed; [:] when it is not one (the assertions on
+/// its fields then fail).
+func jsonObject(_ text: String) -> [String: Any] {
+    (try? JSONSerialization.jsonObject(with: Data(text.utf8))) as? [String: Any] ?? [:]
+}
+
+/// A JSON list of objects crsnap printed; [] when it is not one.
+func jsonObjects(_ text: String) -> [[String: Any]] {
+    (try? JSONSerialization.jsonObject(with: Data(text.utf8))) as? [[String: Any]] ?? []
 }
 
 /// A listing of the store's own files and those of the named containers (and
