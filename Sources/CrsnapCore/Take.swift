@@ -197,7 +197,6 @@ public enum Take {
             }
             throw CrsnapError(.failed, message + "\nno snapshot was added; the container runs on")
         }
-        r.stats.preflight_ms = preflight?.preflight_ms
         r.fs_only = filesOnly
         r.role = o.role
         r.pair = o.pair
@@ -320,7 +319,7 @@ public enum Take {
             try Sys.writeAtomically(c.nextIDPath, Array("\(number + 1)\n".utf8))
             try Sys.unlink(c.journalPath)
             let warnings = steps.warnings()
-            return TakeResult(id: m.id, container: c.name, number: number, tag: tag, created: m.created, stats: stats,
+            return TakeResult(id: m.id, container: c.name, number: number, tag: tag, created: m.created, stats: m.stats,
                               criu: dumpStats, warnings: warnings.isEmpty ? nil : warnings)
         }
     }
