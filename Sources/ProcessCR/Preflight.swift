@@ -218,6 +218,8 @@ public enum Preflight {
     /// namespace when the tree shares it (else none: `sharedNetwork` false).
     public static func observe(pids: [pid_t]) -> (tasks: [Task], unix: [UnixSocket], tcp: [TCPConnection], sharedNetwork: Bool) {
         var tasks: [Task] = []
+        // The tasks of a tree mostly share one mount namespace: read its table once.
+        var mountTables: [String: [Int: String]] = [:]
         for pid in pids {
             guard let status = Proc.status(pid) else { continue }
             func ids(_ key: String) -> [UInt32] {
@@ -238,8 +240,11 @@ public enum Preflight {
                     files.append(OpenFile(fd: isMap ? nil : Int32(name), link: link, mountID: mnt, allocated: allocated, sharedMemory: shm))
                 }
             }
+            let ns = Proc.fdTarget(path: "/proc/\(pid)/ns/mnt") ?? "pid \(pid)"
+            let table = mountTables[ns] ?? mounts(pid: pid)
+            mountTables[ns] = table
             tasks.append(Task(pid: pid, comm: Proc.comm(pid), uids: ids("Uid"), gids: ids("Gid"),
-                              mounts: mounts(pid: pid), files: files))
+                              mounts: table, files: files))
         }
         let shared = pids.first.map { Proc.fdTarget(path: "/proc/\($0)/ns/net") == Proc.fdTarget(path: "/proc/self/ns/net") } ?? true
         guard shared, let first = pids.first else { return (tasks, [], [], shared) }
