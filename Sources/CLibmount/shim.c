@@ -98,8 +98,21 @@ static int container_main(void *p) {
     const struct crsnap_container_spec *s = a->spec;
     int errfd = a->errfd;
 
+    if (s->hold_peer_fd >= 0) close(s->hold_peer_fd);
     if (s->cgroup_procs_fd >= 0 && write(s->cgroup_procs_fd, "0", 1) != 1)
         fail_child(errfd, CRSNAP_STAGE_CGROUP);
+    if (s->hold_fd >= 0) {
+        char go = 0;
+        ssize_t n;
+        do {
+            n = read(s->hold_fd, &go, 1);
+        } while (n < 0 && errno == EINTR);
+        if (n != 1) {
+            errno = ECANCELED;
+            fail_child(errfd, CRSNAP_STAGE_HELD);
+        }
+        close(s->hold_fd);
+    }
     if (s->new_net && loopback_up() != 0)
         fail_child(errfd, CRSNAP_STAGE_LOOPBACK);
     if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) != 0)
@@ -151,7 +164,9 @@ static int container_main(void *p) {
     return 127;
 }
 
-pid_t crsnap_launch_container(const struct crsnap_container_spec *spec, int *stage, int *err) {
+/// Clones the container's init; on success the read end of its report pipe
+/// is in *report_fd.
+static pid_t clone_container(const struct crsnap_container_spec *spec, int *report_fd, int *stage, int *err) {
     int pipefd[2];
     if (pipe2(pipefd, O_CLOEXEC) != 0) {
         *stage = CRSNAP_STAGE_CLONE;
@@ -174,22 +189,43 @@ pid_t crsnap_launch_container(const struct crsnap_container_spec *spec, int *sta
     pid_t pid = clone(container_main, stack + stack_size, flags, &arg);
     int clone_errno = errno;
     close(pipefd[1]);
+    // Without CLONE_VM the child runs on its own copy of the stack.
+    munmap(stack, stack_size);
     if (pid < 0) {
-        munmap(stack, stack_size);
         close(pipefd[0]);
         *stage = CRSNAP_STAGE_CLONE;
         *err = clone_errno;
         return -1;
     }
+    *report_fd = pipefd[0];
+    return pid;
+}
+
+static int finish_launch(pid_t pid, int report_fd, int *stage, int *err) {
     int report[2];
-    int failed = await_report(pipefd[0], pid, report);
-    munmap(stack, stack_size);
-    if (failed) {
+    if (await_report(report_fd, pid, report)) {
         *stage = report[0];
         *err = report[1];
         return -1;
     }
-    return pid;
+    return 0;
+}
+
+pid_t crsnap_launch_container(const struct crsnap_container_spec *spec, int *stage, int *err) {
+    int report_fd;
+    pid_t pid = clone_container(spec, &report_fd, stage, err);
+    if (pid < 0) return -1;
+    return finish_launch(pid, report_fd, stage, err) == 0 ? pid : -1;
+}
+
+pid_t crsnap_launch_held(const struct crsnap_container_spec *spec, int *report_fd, int *stage, int *err) {
+    return clone_container(spec, report_fd, stage, err);
+}
+
+int crsnap_launch_release(pid_t pid, int report_fd, int hold_write, int proceed, int *stage, int *err) {
+    if (proceed) write_all(hold_write, "g", 1);
+    close(hold_write);
+    return finish_launch(pid, report_fd, stage, err);
 }
 
 static char *format_ns_path(char *buf, pid_t pid, const char *name) {

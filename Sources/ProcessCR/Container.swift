@@ -29,6 +29,7 @@ public struct LaunchError: Error, CustomStringConvertible {
         case Int32(CRSNAP_STAGE_BIND_VOLUME.rawValue): return "bind-mounting a volume"
         case Int32(CRSNAP_STAGE_SETUID.rawValue): return "switching to the container's user and group"
         case Int32(CRSNAP_STAGE_LOOPBACK.rawValue): return "bringing the loopback device up in the container's network namespace"
+        case Int32(CRSNAP_STAGE_HELD.rawValue): return "setting up the container's network"
         default: return "stage \(s)"
         }
     }
@@ -68,10 +69,16 @@ public struct ContainerSpec {
 
 /// Starting processes inside a container's namespaces (the work itself is in C).
 public enum Containers {
-    /// Starts the container's init; returns its host pid.
-    public static func launch(_ spec: ContainerSpec) throws -> pid_t {
+    /// Starts the container's init; returns its host pid. `prepare`, when
+    /// given, runs with the init's pid once its namespaces exist and before it
+    /// does anything in them (a network link from outside); if it throws,
+    /// the init ends and so does the launch, with that error.
+    public static func launch(_ spec: ContainerSpec, prepare: ((pid_t) throws -> Void)? = nil) throws -> pid_t {
         var stage: Int32 = 0
         var err: Int32 = 0
+        var hold: [Int32] = [-1, -1]
+        if prepare != nil { try Sys.check("pipe", "container launch") { crsnap_pipe2(&hold, O_CLOEXEC) } }
+        var reportFd: Int32 = -1
         let pid: pid_t = withCStrings(spec.argv) { argv in
             withCStrings(spec.env) { envp in
                 spec.root.withCString { root in
@@ -86,7 +93,9 @@ public enum Containers {
                                                                       bind_sources: sources, bind_targets: targets,
                                                                       uid: spec.user.map { Int64($0.uid) } ?? -1,
                                                                       gid: spec.user.map { Int64($0.gid) } ?? -1,
-                                                                      new_net: spec.ownNetwork ? 1 : 0)
+                                                                      new_net: spec.ownNetwork ? 1 : 0,
+                                                                      hold_fd: hold[0], hold_peer_fd: hold[1])
+                                        if prepare != nil { return crsnap_launch_held(&c, &reportFd, &stage, &err) }
                                         return crsnap_launch_container(&c, &stage, &err)
                                     }
                                 }
@@ -96,7 +105,17 @@ public enum Containers {
                 }
             }
         }
-        if pid < 0 { throw LaunchError(stage: LaunchError.stageName(stage), errno: err) }
+        if hold[0] >= 0 { Sys.close(hold[0]) }
+        if pid < 0 {
+            if hold[1] >= 0 { Sys.close(hold[1]) }
+            throw LaunchError(stage: LaunchError.stageName(stage), errno: err)
+        }
+        guard let prepare else { return pid }
+        var failure: Error?
+        do { try prepare(pid) } catch { failure = error }
+        let r = crsnap_launch_release(pid, reportFd, hold[1], failure == nil ? 1 : 0, &stage, &err)
+        if let failure { throw failure }
+        if r != 0 { throw LaunchError(stage: LaunchError.stageName(stage), errno: err) }
         return pid
     }
 

@@ -29,6 +29,9 @@ struct crsnap_container_spec {
     long long uid;                 // the command's user and group (no supplementary groups); -1: stay root
     long long gid;
     int new_net;                   // 1: a network namespace of its own with the loopback device up
+    int hold_fd;                   // >= 0: read end of a pipe; the child waits for a byte on it before
+                                   // anything but joining the cgroup (see crsnap_launch_held), -1: none
+    int hold_peer_fd;              // the pipe's write end, which the child closes first; -1: none
 };
 
 /// Where a container launch failed, reported through a close-on-exec pipe.
@@ -52,6 +55,7 @@ enum crsnap_launch_stage {
     CRSNAP_STAGE_SETUID,
     CRSNAP_STAGE_UNSHARE,
     CRSNAP_STAGE_LOOPBACK,
+    CRSNAP_STAGE_HELD,
 };
 
 /// Starts the container's init in new mount, pid, uts and ipc namespaces:
@@ -60,6 +64,16 @@ enum crsnap_launch_stage {
 /// log_fd, every other fd closed, then execve.
 /// Returns the host pid, or -1 with *stage and *err set (the child is reaped).
 pid_t crsnap_launch_container(const struct crsnap_container_spec *spec, int *stage, int *err);
+
+/// Like crsnap_launch_container for a spec with hold_fd: returns as soon as
+/// the child exists (in its namespaces, in the cgroup, waiting), with the
+/// read end of its report pipe in *report_fd, so that the caller can set up
+/// what the namespaces need from outside (a network link). Then
+/// crsnap_launch_release lets it go on (`proceed`) or makes it fail
+/// (CRSNAP_STAGE_HELD), closes hold_write, and waits for its report as
+/// crsnap_launch_container does: 0, or -1 with *stage and *err set.
+pid_t crsnap_launch_held(const struct crsnap_container_spec *spec, int *report_fd, int *stage, int *err);
+int crsnap_launch_release(pid_t pid, int report_fd, int hold_write, int proceed, int *stage, int *err);
 
 /// Runs argv inside the namespaces (ipc, uts, pid, mnt) of `target` with the
 /// caller's stdio, or `in_fd` / `out_fd` as its stdin / stdout where they are
