@@ -29,12 +29,20 @@ let package = Package(
             dependencies: ["CLibmount", "CInject", "FSSnapshot", .product(name: "SwiftProtobuf", package: "swift-protobuf")],
             exclude: ["Proto"]
         ),
-        .target(name: "CrsnapCore", dependencies: ["FSSnapshot", "ProcessCR", "CCrypto"]),
+        // Containers with a network of their own: links, addresses and routes
+        // over netlink (libnl-route-3), NAT and published ports (libnftables).
+        .target(
+            name: "CNetwork",
+            cSettings: [.unsafeFlags(["-I/usr/include/libnl3"])],
+            linkerSettings: [.linkedLibrary("nl-3"), .linkedLibrary("nl-route-3"), .linkedLibrary("nftables")]
+        ),
+        .target(name: "ContainerNetwork", dependencies: ["CNetwork", "FSSnapshot", "ProcessCR"]),
+        .target(name: "CrsnapCore", dependencies: ["FSSnapshot", "ProcessCR", "CCrypto", "ContainerNetwork"]),
         .executableTarget(
             name: "crsnap",
             dependencies: ["CrsnapCore", .product(name: "ArgumentParser", package: "swift-argument-parser")]
         ),
-        .testTarget(name: "CrsnapCoreTests", dependencies: ["CrsnapCore"]),
+        .testTarget(name: "CrsnapCoreTests", dependencies: ["CrsnapCore", "ContainerNetwork"]),
         .testTarget(name: "ProcessCRTests", dependencies: ["ProcessCR"]),
         // Workloads/ holds the Python programs the tests run inside containers (read by path).
         .testTarget(name: "IntegrationTests", dependencies: ["CrsnapCore", "FSSnapshot", "crsnap"], exclude: ["Workloads"]),

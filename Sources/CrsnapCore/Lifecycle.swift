@@ -20,8 +20,12 @@ public struct RunOptions {
     public var keep: [String] = []
     /// "UID[:GID]" the command runs as.
     public var user: String?
-    /// host or none (see `NetworkMode`).
+    /// host, none or bridge (see `NetworkMode`).
     public var network: String?
+    /// The address a bridged container asks for (else the lowest free one).
+    public var address: String?
+    /// "HOSTPORT:CTRPORT[/tcp|udp]" forwarded to a bridged container.
+    public var publish: [String] = []
 
     public init(name: String, command: [String], rootfs: String? = nil, hostname: String? = nil, env: [String] = [],
                 tmpfs: [String] = []) {
@@ -66,7 +70,11 @@ public enum Lifecycle {
         }
         try validateKeep(o)
         if let u = o.user { _ = try UserSpec(parsing: u) }
-        if let n = o.network { _ = try NetworkMode(parsing: n) }
+        let mode = try o.network.map(NetworkMode.init(parsing:)) ?? .host
+        _ = try Networks.parsePublish(o.publish)
+        if mode != .bridge, let flag = o.address != nil ? "--address" : !o.publish.isEmpty ? "--publish" : nil {
+            throw CrsnapError(.usage, "\(flag) needs --network bridge (the container's own address on the host's bridge)")
+        }
         if let r = o.rootfs {
             guard r.hasPrefix("/") else { throw CrsnapError(.usage, "invalid --rootfs \"\(r)\": the path must be absolute") }
             guard Sys.isDirectory(r) else { throw CrsnapError(.usage, "invalid --rootfs \"\(r)\": not a directory") }
@@ -126,6 +134,11 @@ public enum Lifecycle {
         if Sys.exists(c.dir) {
             throw CrsnapError(.conflict, "container \"\(o.name)\" already exists in store \(store.path) (crsnap rm \(o.name) first)")
         }
+        if try o.network.map(NetworkMode.init(parsing:)) == .bridge {
+            // Bad --address or --publish: said before anything is made (and
+            // checked again, under the lock, when the lease is written).
+            _ = try Networks.lease(store: store, requested: o.address, publish: try Networks.parsePublish(o.publish))
+        }
         let revert = Revert()
         try revert.run {
             try Sys.mkdir(c.dir, mode: 0o700)
@@ -155,12 +168,24 @@ public enum Lifecycle {
             revert.push("unmount \(c.rootMount)") { try Mounts.unmount(c.rootMount, lazy: true) }
             var env = ContainerSpec.defaultEnv.filter { d in !o.env.contains { $0.split(separator: "=").first == d.split(separator: "=").first } }
             env += o.env
-            let config = ContainerConfig(name: o.name, kind: kind, command: o.command, env: env,
+            var config = ContainerConfig(name: o.name, kind: kind, command: o.command, env: env,
                                          hostname: o.hostname ?? o.name, created: Date(), rootfsSource: o.rootfs,
                                          tmpfs: o.tmpfs.isEmpty ? nil : o.tmpfs, volumes: volumes.isEmpty ? nil : volumes,
                                          keep: o.keep.isEmpty ? nil : o.keep, user: try o.user.map(UserSpec.init(parsing:)),
                                          network: try o.network.map(NetworkMode.init(parsing:)))
-            try JSON.write(config, to: c.configPath)
+            if config.networkMode == .bridge {
+                // The lease is the config: written while no other run can
+                // choose the same address or port.
+                let netLock = try store.networkLock()
+                defer { netLock.release() }
+                let publish = try Networks.parsePublish(o.publish)
+                config.address = try Networks.lease(store: store, requested: o.address, publish: publish).description
+                config.publish = publish.isEmpty ? nil : publish
+                try JSON.write(config, to: c.configPath)
+            } else {
+                try JSON.write(config, to: c.configPath)
+            }
+            revert.push("release the network of \(o.name)") { [config] in try Networks.release(c, config) }
             _ = try spawnMonitor(c, idle: false)
         }
     }
@@ -270,6 +295,7 @@ public enum Lifecycle {
             }
         }
         try stopLocked(c)
+        if let config = try? c.config() { try Networks.release(c, config) }
         if Mounts.isMountPoint(c.rootMount) { try Mounts.unmount(c.rootMount, lazy: true) }
         for n in c.snapshotNumbers() { try Snapshots.deleteLocked(c, n) }
         for volume in [c.volume, "\(c.dir)/fs.prev"] where store.backend.isVolume(volume) {

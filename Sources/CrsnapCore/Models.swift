@@ -1,3 +1,4 @@
+import ContainerNetwork
 import FSSnapshot
 import Foundation
 import ProcessCR
@@ -25,8 +26,16 @@ public struct ContainerConfig: Codable, Equatable {
     public var user: UserSpec?
     /// `run --network`; nil (containers from before the option): host.
     public var network: NetworkMode? = nil
+    /// A bridged container's address, "10.87.0.2/24": its lease, held while
+    /// the container exists (`run --address`, else the lowest free one).
+    public var address: String? = nil
+    /// Host ports forwarded to a bridged container (`run --publish`).
+    public var publish: [PortMapping]? = nil
 
     public var networkMode: NetworkMode { network ?? .host }
+
+    /// The bridged container's address, parsed.
+    public var bridgeAddress: IPv4Network? { networkMode == .bridge ? address.flatMap(IPv4Network.init) : nil }
 }
 
 /// How a container reaches the network (`run --network`).
@@ -35,6 +44,10 @@ public enum NetworkMode: String, Codable, CaseIterable, Sendable {
     case host
     /// A network namespace of its own with the loopback device only.
     case none
+    /// A network namespace of its own joined to the host's bridge (`crsnap0`)
+    /// by a veth pair: an address of the store's subnet, a default route via
+    /// the bridge, outbound NAT, published ports.
+    case bridge
 
     /// Whether the container has a network namespace of its own, which CRIU
     /// then checkpoints and restores with the processes.

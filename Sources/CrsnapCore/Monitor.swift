@@ -88,7 +88,8 @@ public final class Monitor {
         spec.binds = (config.volumes ?? []).map { (source: $0.host, target: $0.container) }
         spec.user = config.user.map { (uid: $0.uid, gid: $0.gid) }
         spec.ownNetwork = config.networkMode.ownNamespace
-        initPid = try Containers.launch(spec)
+        let (c, cfg) = (container, config)
+        initPid = try Containers.launch(spec, prepare: cfg.networkMode == .bridge ? { pid in try Networks.attach(c, cfg, pid: pid) } : nil)
         try writeState(.running)
     }
 
@@ -275,6 +276,7 @@ public final class Monitor {
             var req = RestoreRequest(imagesDir: images, root: root)
             if !pipeKey.isEmpty { req.inheritFds = [(key: pipeKey, fd: pipeW)] }
             req.external = (config.volumes ?? []).map { "mnt[\($0.key)]:\($0.host)" }
+            req.external += try Networks.prepareRestore(container, config)
             req.closeTCP = closeTCP
             req.networkLock = config.networkMode.ownNamespace
             let cg = cgroup

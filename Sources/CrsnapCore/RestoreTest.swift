@@ -203,6 +203,10 @@ public enum RestoreTest {
             var req = RestoreRequest(imagesDir: "\(snapDir)/images", root: root)
             if !m.log_pipe.isEmpty { req.inheritFds = [(key: m.log_pipe, fd: out[1])] }
             req.external = external
+            if let address = config.bridgeAddress {
+                // No bridge here: the pair's outer end stays in this namespace.
+                req.external.append(try store.bridge().criuExternal(address: address.address, hostSide: "crsnap-test", bridged: false))
+            }
             // In the host's network the connections' peers moved on; a
             // network namespace of the container's own comes back whole.
             req.closeTCP = !config.networkMode.ownNamespace

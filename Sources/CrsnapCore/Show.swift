@@ -52,8 +52,11 @@ public enum Show {
         /// The container's paths kept across rollback (`run --keep`): a
         /// rollback to this snapshot leaves their current contents.
         public var kept: [String]
-        /// The container's network (`run --network`): host or none.
+        /// The container's network (`run --network`): host, none or bridge.
         public var network: String
+        /// A bridged container's address (CIDR) and published ports.
+        public var address: String?
+        public var publish: [String]
         /// The snapshot's files on disk: every data extent, and those no
         /// other snapshot or the live container shares (nil: unknown).
         public var fs_total_bytes: UInt64?
@@ -93,6 +96,7 @@ public enum Show {
             tmpfs: (m.tmpfs ?? []).map { Tmpfs(mount: $0, captured: "contents in the CRIU images") },
             volumes: volumes, kept: (try? c.config().keep ?? []) ?? [],
             network: ((try? c.config().networkMode) ?? .host).rawValue,
+            address: (try? c.config().bridgeAddress)??.description, publish: ((try? c.config().publish) ?? nil)?.map(\.description) ?? [],
             fs_total_bytes: usage?.total, fs_exclusive_bytes: usage?.exclusive, stats: m.stats,
             container_state: live.running ? "running" : "stopped", container_reason: live.goneReason)
     }

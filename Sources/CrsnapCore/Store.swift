@@ -10,6 +10,8 @@ import Glibc
 ///
 /// Layout of `root`:
 ///   crsnap-store.json                 format version and this store's id
+///   network.json                      bridge and subnet of bridged containers (`crsnap network set`)
+///   network.lock                      flock: one address or port lease at a time
 ///   containers/NAME/config.json       how the container was started
 ///   containers/NAME/state.json        monitor and init pids (written by the monitor)
 ///   containers/NAME/lock              flock: one take/rollback/stop at a time

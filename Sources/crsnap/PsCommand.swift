@@ -12,10 +12,12 @@ struct PsCommand: ParsableCommand {
         gone without crsnap stopping it (the machine rebooted, or the pid
         namespace it ran in ended) is stopped, marked *, with the reason under
         the table; resume, stop, rm and doctor --repair work on it.
-        NETWORK is run --network's mode: host (the host's network namespace)
-        or none (one of its own, loopback only).
-        --json prints: name, state, pid, backend, network, snapshots, and
-        reason when the processes are gone.
+        NETWORK is run --network's mode: host (the host's network namespace),
+        none (one of its own, loopback only) or bridge (one of its own on the
+        host's bridge), with a bridged container's address.
+        --json prints: name, state, pid, backend, network, address (CIDR, or
+        null), publish (["HOSTPORT:CTRPORT/tcp", ...]), snapshots, and reason
+        when the processes are gone.
         """)
 
     @OptionGroup var storeOptions: StoreOptions
@@ -27,6 +29,8 @@ struct PsCommand: ParsableCommand {
         var pid: Int32?
         var backend: String
         var network: String
+        var address: String?
+        var publish: [String]
         var snapshots: Int
         /// Set when the container was running but its processes are gone.
         var reason: String?
@@ -44,13 +48,14 @@ struct PsCommand: ParsableCommand {
                 let (running, reason) = c.liveness
                 return Row(name: n, state: running ? "running" : "stopped", pid: running ? c.state()?.initPid : nil,
                            backend: "\(store.backend.name)/\(cfg.kind.rawValue)", network: cfg.networkMode.rawValue,
+                           address: cfg.bridgeAddress?.description, publish: (cfg.publish ?? []).map(\.description),
                            snapshots: c.snapshotNumbers().count,
                            reason: reason)
             }
             if json { return try printJSON(rows) }
             printTable(["NAME", "STATE", "PID", "BACKEND", "NETWORK", "SNAPSHOTS"],
                        rows.map { [$0.name, $0.state + ($0.reason == nil ? "" : "*"), $0.pid.map(String.init) ?? "-", $0.backend,
-                                   $0.network, String($0.snapshots)] })
+                                   $0.network + ($0.address.map { " \($0)" } ?? ""), String($0.snapshots)] })
             for r in rows { if let why = r.reason { print("* \(r.name): \(why)") } }
         }
     }

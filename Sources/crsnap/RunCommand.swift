@@ -35,8 +35,12 @@ struct RunCommand: ParsableCommand {
     var volume: [String] = []
     @Option(help: ArgumentHelp("Run the command as this user and group (numbers; GID defaults to UID; no supplementary groups). CRIU dumps a task of another user only with CAP_SYS_RESOURCE (crsnap doctor NAME says).", valueName: "UID[:GID]"))
     var user: String?
-    @Option(help: ArgumentHelp("host: share the host's network (the default); none: a network namespace of its own with loopback only, checkpointed and restored with the processes (its TCP connections come back established, CRIU locks its network while it works).", valueName: "mode"))
+    @Option(help: ArgumentHelp("host: share the host's network (the default); none: a network namespace of its own with loopback only; bridge: one of its own joined to the host's bridge (crsnap network) with an address of its own, outbound NAT and --publish. An own namespace is checkpointed and restored with the processes (its address stays; CRIU locks its network while it works).", valueName: "mode"))
     var network: String?
+    @Option(help: ArgumentHelp("With --network bridge: the container's address (default: the lowest free one of the store's subnet).", valueName: "A.B.C.D"))
+    var address: String?
+    @Option(help: ArgumentHelp("With --network bridge: forward a host port to a port of the container (repeatable). The host reaches it on any of its addresses, 127.0.0.1 included.", valueName: "HOSTPORT:CTRPORT[/tcp|udp]"))
+    var publish: [String] = []
     @Option(help: ArgumentHelp("Keep this path's current contents across rollback (repeatable, e.g. /var/log).", valueName: "path"))
     var keep: [String] = []
     @Argument(help: "Container name: letters, digits, '-', '_', '.'; no leading dot; at most 64.")
@@ -51,6 +55,8 @@ struct RunCommand: ParsableCommand {
             o.keep = keep
             o.user = user
             o.network = network
+            o.address = address
+            o.publish = publish
             try Lifecycle.validate(o)
             try Lifecycle.run(store: try storeOptions.open(), o)
         }

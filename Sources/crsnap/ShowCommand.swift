@@ -14,14 +14,16 @@ struct ShowCommand: ParsableCommand {
         the CRIU images) and its volumes (snapshotted when the volume is a btrfs
         subvolume on the store's filesystem, otherwise not rolled back) and the
         container's paths kept across rollback (run --keep), its network
-        (run --network: none, a namespace of its own that the CRIU images
-        hold; host, the host's, which they do not), and what it costs
+        (run --network: none or bridge, a namespace of its own that the CRIU
+        images hold, with a bridged container's address and published ports;
+        host, the host's, which they do not), and what it costs
         on disk: its images, and of its files' data the bytes no other
         snapshot or the live container shares (what deleting it frees now).
         fs_total_bytes, fs_exclusive_bytes in --json (null: the filesystem
         cannot tell).
         --json prints: id, container, tag, type, created, stopped, fs_only, criu_version,
-        filesystems, unlinked, tmpfs, volumes, kept, network, fs_total_bytes,
+        filesystems, unlinked, tmpfs, volumes, kept, network, address,
+        publish, fs_total_bytes,
         fs_exclusive_bytes, stats, container_state (running
         or stopped) and container_reason (when the container's processes are
         gone without crsnap stopping them: a reboot, an ended pid namespace).
@@ -69,9 +71,15 @@ struct ShowCommand: ParsableCommand {
             print("\nKEPT ACROSS ROLLBACK (their contents now replace the snapshot's)")
             print(d.kept.isEmpty ? "none" : d.kept.joined(separator: "\n"))
             print("\nNETWORK")
-            print(d.network == "host"
-                  ? "host: the host's network namespace, not in the snapshot (TCP connections come back closed after a rollback)"
-                  : "\(d.network): a network namespace of its own, in the CRIU images (loopback only; TCP connections come back established)")
+            switch d.network {
+            case "host":
+                print("host: the host's network namespace, not in the snapshot (TCP connections come back closed after a rollback)")
+            case "bridge":
+                print("bridge: a network namespace of its own on the host's bridge, in the CRIU images; address \(d.address ?? "?")"
+                      + (d.publish.isEmpty ? "" : "; published \(d.publish.joined(separator: ", "))"))
+            default:
+                print("\(d.network): a network namespace of its own, in the CRIU images (loopback only; TCP connections come back established)")
+            }
         }
     }
 }

@@ -203,10 +203,15 @@ func counterLines(_ path: String) -> [Int] {
 
 /// `op` (bind or connect) of socket `fd` to 127.0.0.1:`port`: its result.
 func onLoopback(_ fd: Int32, port: Int, _ op: (Int32, UnsafePointer<sockaddr>, socklen_t) -> Int32) -> Int32 {
+    onAddress(fd, "127.0.0.1", port: port, op)
+}
+
+/// `op` (bind, connect) on fd with the IPv4 address host:port.
+func onAddress(_ fd: Int32, _ host: String, port: Int, _ op: (Int32, UnsafePointer<sockaddr>, socklen_t) -> Int32) -> Int32 {
     var a = sockaddr_in()
     a.sin_family = sa_family_t(AF_INET)
     a.sin_port = in_port_t(UInt16(port).bigEndian)
-    a.sin_addr.s_addr = inet_addr("127.0.0.1")
+    a.sin_addr.s_addr = inet_addr(host)
     return withUnsafePointer(to: &a) {
         $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { op(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
     }

@@ -1,0 +1,167 @@
+import Foundation
+import XCTest
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// run --network bridge: containers with addresses of their own on the
+/// host's bridge, published ports, and the host's side removed with them.
+/// Everything here happens in the test run's own network namespace
+/// (Scripts/testenv), which plays the host.
+final class BridgeNetworkTests: XCTestCase {
+    var names: [String] = []
+
+    override func setUpWithError() throws {
+        try Env.require()
+        for tool in [RealServicesTests.redis, RealServicesTests.redisCLI] where !FileManager.default.isExecutableFile(atPath: tool) {
+            XCTFail("\(tool) is missing (Scripts/testenv installs redis-tools)")
+        }
+    }
+
+    override func tearDown() {
+        for n in names { _ = try? crsnap(["rm", "--force", n]) }
+    }
+
+    /// Debian's redis-server on 0.0.0.0:6379 in a bridged container.
+    func startRedis(_ prefix: String, _ extra: [String] = []) throws -> (name: String, address: String) {
+        let name = uniqueName(prefix)
+        names.append(name)
+        let launcher = "import os, sys; os.execv(sys.argv[1], sys.argv[2:])"
+        try crsnapOK(["run", name, "--network", "bridge"] + extra + ["--", "/usr/bin/python3", "-c", launcher,
+                      RealServicesTests.redis, "redis-server", "--port", "6379", "--bind", "0.0.0.0", "--protected-mode", "no",
+                      "--save", "", "--appendonly", "no", "--daemonize", "no"])
+        let row = jsonObjects(try crsnapOK(["ps", "--json"])).first { $0["name"] as? String == name }
+        XCTAssertEqual(row?["network"] as? String, "bridge")
+        let cidr = row?["address"] as? String ?? ""
+        let address = String(cidr.split(separator: "/").first ?? "")
+        XCTAssertTrue(waitFor(30) { (try? self.redis(address, 6379, "PING")) == "PONG" },
+                      "redis did not answer on \(cidr): \((try? crsnap(["logs", name]).stdout) ?? "")")
+        return (name, address)
+    }
+
+    func redis(_ host: String, _ port: Int, _ args: String...) throws -> String {
+        let r = try runProgram(RealServicesTests.redisCLI, ["-h", host, "-p", "\(port)"] + args)
+        return r.status == 0 ? r.stdout.trimmingCharacters(in: .whitespacesAndNewlines) : "exit \(r.status): \(r.stderr)"
+    }
+
+    /// This namespace's links.
+    func links() -> [String] {
+        (try? runProgram("/usr/sbin/ip", ["-o", "link", "show"]).stdout)?.split(separator: "\n").compactMap {
+            $0.split(separator: ":").dropFirst().first.map { String($0.trimmingCharacters(in: .whitespaces).split(separator: "@")[0]) }
+        } ?? []
+    }
+
+    /// Two redis servers on port 6379, each at its own address of the store's
+    /// subnet; one published on a host port, reached from the host at
+    /// 127.0.0.1 and the gateway, and from the other container. A host client
+    /// holding a connection sees only a pause across take; across rollback it
+    /// gets an EOF or a reset, and its new connection sees the snapshot's data
+    /// at the same address. The restore test passes. rm leaves no link,
+    /// published port or lease behind.
+    func testBridgedRedisServersShareAPortAndKeepTheirAddressAcrossRollback() throws {
+        let hostPort = freeLoopbackPort()
+        let a = try startRedis("it-br-a", ["--publish", "\(hostPort):6379"])
+        let b = try startRedis("it-br-b")
+        XCTAssertNotEqual(a.address, b.address)
+        let net = jsonObject(try crsnapOK(["network", "show", "--json"]))
+        let gateway = String((net["gateway"] as? String ?? "").split(separator: "/").first ?? "")
+        let leases = (net["leases"] as? [[String: Any]]) ?? []
+        XCTAssertEqual(leases.first { $0["container"] as? String == a.name }?["publish"] as? [String], ["\(hostPort):6379/tcp"])
+        XCTAssertNotNil(leases.first { $0["container"] as? String == b.name })
+
+        XCTAssertEqual(try redis(a.address, 6379, "SET", "who", "a"), "OK")
+        XCTAssertEqual(try redis(b.address, 6379, "SET", "who", "b"), "OK")
+        XCTAssertEqual(try redis(a.address, 6379, "GET", "who"), "a", "the two servers are one")
+        XCTAssertEqual(try redis("127.0.0.1", hostPort, "GET", "who"), "a", "the published port from 127.0.0.1")
+        XCTAssertEqual(try redis(gateway, hostPort, "GET", "who"), "a", "the published port at the gateway")
+        let across = try crsnap(["exec", b.name, "--", RealServicesTests.redisCLI, "-h", a.address, "GET", "who"])
+        XCTAssertEqual(across.stdout.trimmingCharacters(in: .whitespacesAndNewlines), "a", "container to container: \(across.stderr)")
+        let hairpin = try crsnap(["exec", b.name, "--", RealServicesTests.redisCLI, "-h", gateway, "-p", "\(hostPort)", "GET", "who"])
+        XCTAssertEqual(hairpin.stdout.trimmingCharacters(in: .whitespacesAndNewlines), "a", "container to a published port: \(hairpin.stderr)")
+
+        // A client on the host holding one connection across the take.
+        let held = try HeldConnection(host: a.address, port: 6379)
+        XCTAssertEqual(held.request("PING"), "+PONG")
+        let id = try crsnapOK(["take", a.name]).trimmingCharacters(in: .whitespacesAndNewlines)
+        XCTAssertEqual(held.request("PING"), "+PONG", "the held connection did not survive the take")
+        XCTAssertEqual(held.request("SET after take"), "+OK")
+
+        try crsnapOK(["rollback", id])
+        let answer = held.request("GET after")
+        XCTAssertTrue(answer == nil || answer == "", "the held connection still answers after the rollback: \(answer ?? "")")
+        XCTAssertEqual(try redis(a.address, 6379, "GET", "after"), "", "not the snapshot's data")
+        XCTAssertEqual(try redis(a.address, 6379, "GET", "who"), "a")
+        XCTAssertEqual(try redis("127.0.0.1", hostPort, "GET", "who"), "a", "the published port after the rollback")
+        let row = jsonObjects(try crsnapOK(["ps", "--json"])).first { $0["name"] as? String == a.name }
+        XCTAssertEqual((row?["address"] as? String)?.split(separator: "/").first.map(String.init), a.address)
+        let inside = try crsnap(["exec", a.name, "--", "/usr/sbin/ip", "-o", "-4", "addr", "show", "eth0"])
+        XCTAssertTrue(inside.stdout.contains(" \(a.address)/"), "eth0 lost its address: \(inside.stdout) \(inside.stderr)")
+        let show = jsonObject(try crsnapOK(["show", id, "--json"]))
+        XCTAssertEqual(show["network"] as? String, "bridge")
+        XCTAssertEqual(show["publish"] as? [String], ["\(hostPort):6379/tcp"])
+        let test = try crsnap(["verify", id, "--restore-test", "--for", "1"])
+        XCTAssertEqual(test.status, 0, "restore test: \(test.stdout) \(test.stderr)")
+        XCTAssertEqual(try redis(a.address, 6379, "GET", "who"), "a", "the restore test disturbed the container")
+
+        // Removal: the veths, the forwarded port and the leases go.
+        let veths = links().filter { $0.hasPrefix("cs") }
+        XCTAssertEqual(veths.count, 2, "\(links())")
+        for n in [a.name, b.name] { try crsnapOK(["rm", "--force", n]) }
+        names = []
+        XCTAssertTrue(waitFor(5) { Set(self.links()).isDisjoint(with: veths) }, "links left: \(links())")
+        let after = (jsonObject(try crsnapOK(["network", "show", "--json"]))["leases"] as? [[String: Any]]) ?? []
+        XCTAssertFalse(after.contains { [a.name, b.name].contains($0["container"] as? String ?? "") })
+        let again = try startRedis("it-br-c", ["--publish", "\(hostPort):6379"])
+        XCTAssertEqual(try redis("127.0.0.1", hostPort, "PING"), "PONG", "the host port was not free again")
+        XCTAssertEqual(again.address, a.address, "the lowest free address was not given again")
+    }
+
+    /// A host port in use on the host or published by another container, and
+    /// an address another container has, are refused; nothing is made.
+    func testTakenPortsAndAddressesAreRefused() throws {
+        let a = try startRedis("it-br-taken", ["--publish", "\(freeLoopbackPort()):6379"])
+        let published = ((jsonObject(try crsnapOK(["network", "show", "--json"]))["leases"] as? [[String: Any]]) ?? [])
+            .first { $0["container"] as? String == a.name }?["publish"] as? [String] ?? []
+        let port = String(published.first?.split(separator: ":").first ?? "")
+        let listener = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(listener) }
+        let busy = freeLoopbackPort()
+        XCTAssertEqual(onLoopback(listener, port: busy) { bind($0, $1, $2) }, 0)
+        XCTAssertEqual(listen(listener, 1), 0)
+        let before = storeFingerprint(names)
+        let linksBefore = links()
+        for (args, mentions) in [(["--publish", "\(port):80"], "published by container \"\(a.name)\""),
+                                 (["--publish", "\(busy):80"], "in use on this host"),
+                                 (["--address", a.address], "container \"\(a.name)\" has it")] {
+            let r = try crsnap(["run", "it-br-refused", "--network", "bridge"] + args + ["--", "sleep", "100"])
+            XCTAssertEqual(r.status, 4, "\(args): \(r.stderr)")
+            XCTAssertTrue(r.stderr.contains(mentions), "\(args): \(r.stderr)")
+            XCTAssertEqual(storeFingerprint(names), before, "\(args) changed the store")
+            XCTAssertEqual(links(), linksBefore, "\(args) changed the links")
+        }
+    }
+}
+
+/// One TCP connection speaking redis's inline protocol, with a short timeout.
+final class HeldConnection {
+    let fd: Int32
+
+    init(host: String, port: Int) throws {
+        fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        guard onAddress(fd, host, port: port, { connect($0, $1, $2) }) == 0 else { throw NSError(domain: "connect \(host):\(port)", code: Int(errno)) }
+        var tv = timeval(tv_sec: 5, tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+    }
+
+    deinit { close(fd) }
+
+    /// The first line of the answer; "" at EOF, nil on an error (a reset, a timeout).
+    func request(_ line: String) -> String? {
+        let out = Array((line + "\r\n").utf8)
+        guard send(fd, out, out.count, Int32(MSG_NOSIGNAL)) == out.count else { return nil }
+        var buf = [UInt8](repeating: 0, count: 512)
+        let n = recv(fd, &buf, buf.count, 0)
+        if n < 0 { return nil }
+        return String(decoding: buf[0..<n], as: UTF8.self).split(separator: "\r\n").first.map(String.init) ?? ""
+    }
+}
