@@ -45,7 +45,7 @@ let package = Package(
         .testTarget(name: "CrsnapCoreTests", dependencies: ["CrsnapCore", "ContainerNetwork"]),
         .testTarget(name: "ProcessCRTests", dependencies: ["ProcessCR"]),
         // Workloads/ holds the Python programs the tests run inside containers (read by path).
-        .testTarget(name: "IntegrationTests", dependencies: ["CrsnapCore", "FSSnapshot", "crsnap"], exclude: ["Workloads"]),
+        .testTarget(name: "IntegrationTests", dependencies: ["CrsnapCore", "FSSnapshot", "ContainerNetwork", "crsnap"], exclude: ["Workloads"]),
     ],
     swiftLanguageModes: [.v5]
 )

@@ -452,8 +452,36 @@ int crsnap_uffd_wake(int pidfd, int fd, unsigned long long start, unsigned long 
     return rc;
 }
 
+static int unix_sockets_of(int nl, struct crsnap_unix_socket *out, int max);
+
 int crsnap_unix_sockets(struct crsnap_unix_socket *out, int max) {
-    int nl = socket(AF_NETLINK, SOCK_DGRAM | SOCK_CLOEXEC, NETLINK_SOCK_DIAG);
+    return unix_sockets_of(socket(AF_NETLINK, SOCK_DGRAM | SOCK_CLOEXEC, NETLINK_SOCK_DIAG), out, max);
+}
+
+int crsnap_unix_sockets_in(pid_t pid, struct crsnap_unix_socket *out, int max) {
+    char path[64];
+    int target = open(format_ns_path(path, pid, "net"), O_RDONLY | O_CLOEXEC);
+    if (target < 0) return -1;
+    int home = open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC);
+    if (home < 0) {
+        close(target);
+        return -1;
+    }
+    int nl = -1, e = 0;
+    if (setns(target, CLONE_NEWNET) == 0) {
+        nl = socket(AF_NETLINK, SOCK_DGRAM | SOCK_CLOEXEC, NETLINK_SOCK_DIAG);
+        e = errno;
+        if (setns(home, CLONE_NEWNET) != 0) abort();  // never run on in the container's network
+    } else {
+        e = errno;
+    }
+    close(target);
+    close(home);
+    errno = e;
+    return unix_sockets_of(nl, out, max);
+}
+
+static int unix_sockets_of(int nl, struct crsnap_unix_socket *out, int max) {
     if (nl < 0) return -1;
     struct {
         struct nlmsghdr nlh;

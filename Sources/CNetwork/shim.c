@@ -12,6 +12,11 @@
 #include <string.h>
 #include <unistd.h>
 
+#include <linux/inet_diag.h>
+#include <linux/sock_diag.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
+
 #include <netlink/netlink.h>
 #include <netlink/route/addr.h>
 #include <netlink/route/link.h>
@@ -47,9 +52,10 @@ static struct nl_sock *route_socket(char *err, size_t errlen) {
     return sk;
 }
 
-/// A route socket in the network namespace of `pid`: the socket keeps the
-/// namespace it was made in, so only this thread visits it, briefly.
-static struct nl_sock *route_socket_in(pid_t pid, char *err, size_t errlen) {
+/// Runs `make` in the network namespace of `pid` and returns what it made:
+/// a socket keeps the namespace it was made in, so only this thread visits
+/// it, for that call only.
+static void *made_in_netns(pid_t pid, void *(*make)(void *), void *arg, char *err, size_t errlen) {
     char path[64];
     snprintf(path, sizeof path, "/proc/%d/ns/net", (int)pid);
     int target = open(path, O_RDONLY | O_CLOEXEC);
@@ -63,16 +69,31 @@ static struct nl_sock *route_socket_in(pid_t pid, char *err, size_t errlen) {
         close(target);
         return NULL;
     }
-    struct nl_sock *sk = NULL;
+    void *made = NULL;
     if (setns(target, CLONE_NEWNET) != 0) {
         fail(err, errlen, "setns %s: %s", path, strerror(errno));
     } else {
-        sk = route_socket(err, errlen);
+        made = make(arg);
         if (setns(home, CLONE_NEWNET) != 0) abort();  // never run on in the container's network
     }
     close(target);
     close(home);
-    return sk;
+    return made;
+}
+
+struct errbuf {
+    char *err;
+    size_t errlen;
+};
+
+static void *make_route_socket(void *arg) {
+    struct errbuf *e = arg;
+    return route_socket(e->err, e->errlen);
+}
+
+static struct nl_sock *route_socket_in(pid_t pid, char *err, size_t errlen) {
+    struct errbuf e = {err, errlen};
+    return made_in_netns(pid, make_route_socket, &e, err, errlen);
 }
 
 static int link_up(struct nl_sock *sk, struct rtnl_link *link, char *err, size_t errlen) {
@@ -139,6 +160,35 @@ int crsnap_net_bridge_ensure(const char *name, uint32_t gateway, int prefix, cha
     ret = 0;
 out:
     if (link) rtnl_link_put(link);
+    nl_socket_free(sk);
+    return ret;
+}
+
+int crsnap_net_bridge_ports(const char *name, int *ports, char *err, size_t errlen) {
+    *ports = -1;
+    struct nl_sock *sk = route_socket(err, errlen);
+    if (!sk) return -1;
+    struct rtnl_link *br = NULL;
+    struct nl_cache *cache = NULL;
+    int ret = 0;
+    int r = rtnl_link_get_kernel(sk, 0, name, &br);
+    if (r == -NLE_OBJ_NOTFOUND || r == -NLE_NODEV) goto out;
+    if (r < 0) {
+        ret = nl_fail(err, errlen, "reading link", name, r);
+        goto out;
+    }
+    if ((r = rtnl_link_alloc_cache(sk, AF_UNSPEC, &cache)) < 0) {
+        ret = nl_fail(err, errlen, "listing", "links", r);
+        goto out;
+    }
+    int index = rtnl_link_get_ifindex(br), n = 0;
+    for (struct nl_object *o = nl_cache_get_first(cache); o; o = nl_cache_get_next(o)) {
+        if (rtnl_link_get_master((struct rtnl_link *)o) == index) n++;
+    }
+    *ports = n;
+out:
+    if (cache) nl_cache_free(cache);
+    if (br) rtnl_link_put(br);
     nl_socket_free(sk);
     return ret;
 }
@@ -236,6 +286,135 @@ out:
     if (br) rtnl_link_put(br);
     if (inside) nl_socket_free(inside);
     nl_socket_free(sk);
+    return ret;
+}
+
+// MARK: TCP connections to peers outside a namespace
+
+struct tcp_end {
+    struct inet_diag_sockid id;
+    uint8_t family;
+    uint32_t src[4], dst[4];  // IPv4 as v4-mapped IPv6, so both families compare
+};
+
+static void mapped(uint8_t family, const __be32 in[4], uint32_t out[4]) {
+    if (family == AF_INET) {
+        out[0] = 0;
+        out[1] = 0;
+        out[2] = htonl(0xffff);
+        out[3] = in[0];
+    } else {
+        memcpy(out, in, 16);
+    }
+}
+
+static void *make_diag_socket(void *arg) {
+    (void)arg;
+    int fd = socket(AF_NETLINK, SOCK_DGRAM | SOCK_CLOEXEC, NETLINK_SOCK_DIAG);
+    return fd < 0 ? NULL : (void *)(intptr_t)(fd + 1);
+}
+
+// Every state a connection has but listening, closed and time-wait (not a
+// full socket: nothing to abort).
+#define CONNECTED_STATES ((1u << TCP_ESTABLISHED) | (1u << TCP_SYN_SENT) | (1u << TCP_SYN_RECV) | \
+                          (1u << TCP_FIN_WAIT1) | (1u << TCP_FIN_WAIT2) | (1u << TCP_CLOSE_WAIT) | \
+                          (1u << TCP_LAST_ACK) | (1u << TCP_CLOSING))
+
+static int diag_dump(int fd, uint8_t family, struct tcp_end **ends, size_t *n, size_t *cap, char *err, size_t errlen) {
+    struct {
+        struct nlmsghdr h;
+        struct inet_diag_req_v2 r;
+    } req;
+    memset(&req, 0, sizeof req);
+    req.h.nlmsg_len = sizeof req;
+    req.h.nlmsg_type = SOCK_DIAG_BY_FAMILY;
+    req.h.nlmsg_flags = NLM_F_REQUEST | NLM_F_DUMP;
+    req.r.sdiag_family = family;
+    req.r.sdiag_protocol = IPPROTO_TCP;
+    req.r.idiag_states = CONNECTED_STATES;
+    if (send(fd, &req, sizeof req, 0) != (ssize_t)sizeof req) return fail(err, errlen, "sock_diag: %s", strerror(errno));
+    char buf[32768] __attribute__((aligned(8)));
+    for (;;) {
+        ssize_t len = recv(fd, buf, sizeof buf, 0);
+        if (len < 0) {
+            if (errno == EINTR) continue;
+            return fail(err, errlen, "sock_diag: %s", strerror(errno));
+        }
+        for (struct nlmsghdr *h = (struct nlmsghdr *)buf; NLMSG_OK(h, (size_t)len); h = NLMSG_NEXT(h, len)) {
+            if (h->nlmsg_type == NLMSG_DONE) return 0;
+            if (h->nlmsg_type == NLMSG_ERROR) {
+                struct nlmsgerr *e = NLMSG_DATA(h);
+                return fail(err, errlen, "sock_diag: %s", strerror(-e->error));
+            }
+            struct inet_diag_msg *m = NLMSG_DATA(h);
+            if (*n == *cap) {
+                size_t c = *cap ? *cap * 2 : 64;
+                struct tcp_end *grown = realloc(*ends, c * sizeof **ends);
+                if (!grown) return fail(err, errlen, "out of memory");
+                *ends = grown;
+                *cap = c;
+            }
+            struct tcp_end *t = &(*ends)[(*n)++];
+            t->id = m->id;
+            t->family = m->idiag_family;
+            mapped(t->family, m->id.idiag_src, t->src);
+            mapped(t->family, m->id.idiag_dst, t->dst);
+        }
+    }
+}
+
+static int diag_destroy(int fd, const struct tcp_end *t, char *err, size_t errlen) {
+    struct {
+        struct nlmsghdr h;
+        struct inet_diag_req_v2 r;
+    } req;
+    memset(&req, 0, sizeof req);
+    req.h.nlmsg_len = sizeof req;
+    req.h.nlmsg_type = SOCK_DESTROY;
+    req.h.nlmsg_flags = NLM_F_REQUEST | NLM_F_ACK;
+    req.r.sdiag_family = t->family;
+    req.r.sdiag_protocol = IPPROTO_TCP;
+    req.r.idiag_states = ~0u;
+    req.r.id = t->id;
+    if (send(fd, &req, sizeof req, 0) != (ssize_t)sizeof req) return fail(err, errlen, "SOCK_DESTROY: %s", strerror(errno));
+    char buf[1024];
+    ssize_t len;
+    do {
+        len = recv(fd, buf, sizeof buf, 0);
+    } while (len < 0 && errno == EINTR);
+    if (len < 0) return fail(err, errlen, "SOCK_DESTROY: %s", strerror(errno));
+    struct nlmsghdr *h = (struct nlmsghdr *)buf;
+    if (NLMSG_OK(h, (size_t)len) && h->nlmsg_type == NLMSG_ERROR) {
+        struct nlmsgerr *e = NLMSG_DATA(h);
+        // Gone meanwhile is as good as closed.
+        if (e->error != 0 && e->error != -ENOENT) return fail(err, errlen, "SOCK_DESTROY: %s", strerror(-e->error));
+    }
+    return 0;
+}
+
+int crsnap_net_close_outside_tcp(pid_t pid, int *closed, char *err, size_t errlen) {
+    *closed = 0;
+    void *made = made_in_netns(pid, make_diag_socket, NULL, err, errlen);
+    if (!made) return err[0] ? -1 : fail(err, errlen, "sock_diag socket: %s", strerror(errno));
+    int fd = (int)(intptr_t)made - 1;
+    struct tcp_end *ends = NULL;
+    size_t n = 0, cap = 0;
+    int ret = diag_dump(fd, AF_INET, &ends, &n, &cap, err, errlen);
+    if (ret == 0) ret = diag_dump(fd, AF_INET6, &ends, &n, &cap, err, errlen);
+    for (size_t i = 0; ret == 0 && i < n; i++) {
+        const struct tcp_end *a = &ends[i];
+        int inside = 0;
+        for (size_t j = 0; j < n && !inside; j++) {
+            const struct tcp_end *b = &ends[j];
+            inside = j != i && a->id.idiag_sport == b->id.idiag_dport && a->id.idiag_dport == b->id.idiag_sport &&
+                     memcmp(a->src, b->dst, 16) == 0 && memcmp(a->dst, b->src, 16) == 0;
+        }
+        if (inside) continue;
+        ret = diag_destroy(fd, a, err, errlen);
+        if (ret == 0) (*closed)++;
+    }
+    free(ends);
+    close(fd);
     return ret;
 }
 

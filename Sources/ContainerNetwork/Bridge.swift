@@ -55,14 +55,14 @@ public struct PortMapping: Codable, Hashable, Sendable, CustomStringConvertible 
 
 /// The host's side of bridged containers: a bridge holding the subnet's
 /// first address (the containers' gateway), one veth pair per container, and
-/// the nftables table `ip crsnap` (outbound NAT, published ports). All of it
-/// lives in the network namespace crsnap runs in.
+/// an nftables table of its own, `ip crsnap0` for the bridge crsnap0
+/// (outbound NAT, published ports). All of it lives in the network namespace
+/// crsnap runs in.
 public struct Bridge: Sendable {
     public static let defaultName = "crsnap0"
     public static let defaultSubnet = IPv4Network("10.87.0.0/24")!
     /// The container's end of its veth pair.
     public static let innerName = "eth0"
-    static let table = "crsnap"
 
     public let name: String
     /// The network (address bits below the prefix are zero).
@@ -72,6 +72,10 @@ public struct Bridge: Sendable {
         self.name = name
         self.subnet = IPv4Network(address: subnet.address & IPv4Network.mask(subnet.prefix), prefix: subnet.prefix)
     }
+
+    /// The bridge's nftables table (in family ip): named after the bridge,
+    /// starting with "crsnap" as every table crsnap touches does.
+    public var table: String { name.hasPrefix("crsnap") ? name : "crsnap-\(name)" }
 
     /// The bridge's own address, the containers' default route.
     public var gateway: IPv4Network { IPv4Network(address: subnet.address + 1, prefix: subnet.prefix) }
@@ -129,7 +133,7 @@ public struct Bridge: Sendable {
     /// The table's chains and maps, with their rules replaced in one
     /// transaction (published ports, kept in the maps, stay).
     var baseRules: String {
-        let t = "ip \(Bridge.table)"
+        let t = "ip \(table)"
         var b = """
         add table \(t)
         add chain \(t) prerouting { type nat hook prerouting priority -100; policy accept; }
@@ -176,12 +180,25 @@ public struct Bridge: Sendable {
         "veth[\(Bridge.innerName)]:\(hostSide ?? Bridge.hostInterface(for: address))" + (bridged ? "@\(name)" : "")
     }
 
+    /// Removes the bridge and its table when nothing is attached to the
+    /// bridge any more; returns whether it did.
+    @discardableResult
+    public func removeIfUnused() throws -> Bool {
+        if let ports = try Netlink.bridgePorts(name), ports > 0 { return false }
+        try Netlink.deleteLink(name)
+        let tables = try NFTables.run("list tables ip")
+        if tables.split(separator: "\n").contains(where: { $0.trimmingCharacters(in: .whitespaces) == "table ip \(table)" }) {
+            try NFTables.run("delete table ip \(table)")
+        }
+        return true
+    }
+
     /// Forwards the host ports to `address` (idempotent).
     public func publish(_ ports: [PortMapping], to address: UInt32) throws {
         guard !ports.isEmpty else { return }
         let a = Bridge.dotted(address)
         let batch = ports.map {
-            "add element ip \(Bridge.table) \($0.proto.rawValue)_ports { \($0.hostPort) : \(a) . \($0.containerPort) }"
+            "add element ip \(table) \($0.proto.rawValue)_ports { \($0.hostPort) : \(a) . \($0.containerPort) }"
         }.joined(separator: "\n")
         try NFTables.run(batch)
     }
@@ -190,7 +207,7 @@ public struct Bridge: Sendable {
     public func unpublish(_ ports: [PortMapping]) throws {
         let current = try published()
         let batch = ports.filter { current[$0.proto]?[$0.hostPort] != nil }.map {
-            "delete element ip \(Bridge.table) \($0.proto.rawValue)_ports { \($0.hostPort) }"
+            "delete element ip \(table) \($0.proto.rawValue)_ports { \($0.hostPort) }"
         }.joined(separator: "\n")
         if !batch.isEmpty { try NFTables.run(batch) }
     }
@@ -201,7 +218,7 @@ public struct Bridge: Sendable {
         for p in PortMapping.Proto.allCases {
             let text: String
             do {
-                text = try NFTables.run("list map ip \(Bridge.table) \(p.rawValue)_ports", json: true)
+                text = try NFTables.run("list map ip \(table) \(p.rawValue)_ports", json: true)
             } catch {
                 continue  // no table yet: nothing published
             }

@@ -25,6 +25,13 @@ public enum Netlink {
         try call { crsnap_net_bridge_ensure(name, gateway.address, Int32(gateway.prefix), $0, $1) }
     }
 
+    /// How many links the bridge `name` has attached; nil when there is no such link.
+    public static func bridgePorts(_ name: String) throws -> Int? {
+        var ports: Int32 = -1
+        try call { crsnap_net_bridge_ports(name, &ports, $0, $1) }
+        return ports < 0 ? nil : Int(ports)
+    }
+
     /// Deletes the link `name` if there is one (a veth's peer goes with it).
     public static func deleteLink(_ name: String) throws {
         try call { crsnap_net_link_delete(name, $0, $1) }
@@ -37,6 +44,15 @@ public enum Netlink {
         try call {
             crsnap_net_veth_attach(pid, hostSide, bridge, inner, address.address, Int32(address.prefix), gateway, $0, $1)
         }
+    }
+
+    /// Aborts the TCP connections in the network namespace of `pid` whose
+    /// other end is not one of that namespace's sockets (their peers are
+    /// outside); returns how many. Those between its own sockets stay.
+    public static func closeOutsideConnections(pid: pid_t) throws -> Int {
+        var closed: Int32 = 0
+        try call { crsnap_net_close_outside_tcp(pid, &closed, $0, $1) }
+        return Int(closed)
     }
 
     /// Whether this network namespace has a link of that name.

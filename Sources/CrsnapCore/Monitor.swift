@@ -1,4 +1,5 @@
 import CLibmount
+import ContainerNetwork
 import FSSnapshot
 import Foundation
 import ProcessCR
@@ -242,7 +243,7 @@ public final class Monitor {
             }
         case "restore" where parts.count >= 4:
             return restore(images: parts[1], root: parts[2], pipeKey: parts[3], label: parts.count > 4 ? parts[4] : "",
-                           lazy: parts.count > 5 && parts[5] == "lazy", closeTCP: parts.count > 6 && parts[6] == "tcp-close")
+                           lazy: parts.count > 5 && parts[5] == "lazy", tcp: parts.count > 6 ? TCPRestore(word: parts[6]) : .restore)
         default:
             return "err unknown request \(parts.first ?? "")"
         }
@@ -259,7 +260,7 @@ public final class Monitor {
         return nil
     }
 
-    func restore(images: String, root: String, pipeKey: String, label: String, lazy: Bool, closeTCP: Bool) -> String {
+    func restore(images: String, root: String, pipeKey: String, label: String, lazy: Bool, tcp: TCPRestore) -> String {
         let pending = pendingLazy
         pendingLazy = nil
         if let refusal = refusal(images: images, root: root) { return refusal }
@@ -277,13 +278,20 @@ public final class Monitor {
             if !pipeKey.isEmpty { req.inheritFds = [(key: pipeKey, fd: pipeW)] }
             req.external = (config.volumes ?? []).map { "mnt[\($0.key)]:\($0.host)" }
             req.external += try Networks.prepareRestore(container, config)
-            req.closeTCP = closeTCP
+            req.closeTCP = tcp == .close
             req.networkLock = config.networkMode.ownNamespace
             let cg = cgroup
             // The snapshot's unlinked open files were placed in the root by
             // the rollback; CRIU opens them, and they are unlinked again
-            // before the tasks run.
-            let handler = Unlinked.postRestore(root: root)
+            // before the tasks run. Connections to peers outside the
+            // container's own network are aborted then too, while CRIU still
+            // locks that network: the tasks find them reset.
+            let unlinked = Unlinked.postRestore(root: root)
+            var outsideClosed = 0
+            let handler: PostRestore? = tcp != .closeOutside ? unlinked : PostRestore { pid in
+                try unlinked?.body(pid)
+                outsideClosed = try Netlink.closeOutsideConnections(pid: pid)
+            }
             // Processes that held file locks come back stopped, so that the
             // locks CRIU lost can be taken again before any of them runs.
             let locks = try FileLocks.recorded(imagesDir: images)
@@ -355,7 +363,8 @@ public final class Monitor {
             initPid = pid
             holding = false
             try writeState(.running)
-            note("restored \(label) (init pid \(pid)\(lazy ? String(format: "; memory on demand, all in after %.0f ms", lazyMs) : "")\(repaired))")
+            let closedNote = outsideClosed > 0 ? "; \(outsideClosed) TCP connection\(outsideClosed == 1 ? "" : "s") to peers outside closed" : ""
+            note("restored \(label) (init pid \(pid)\(lazy ? String(format: "; memory on demand, all in after %.0f ms", lazyMs) : "")\(repaired)\(closedNote))")
             return String(format: "ok %d %d %d %.3f %.3f %.3f", pid, report.checked, report.repaired.count, report.milliseconds,
                           restoreMs, lazyMs)
         } catch {
@@ -364,11 +373,12 @@ public final class Monitor {
     }
 }
 
-/// Runs `body` at CRIU's post-restore notification.
+/// Runs `body` with the restored tree's root pid at CRIU's post-restore
+/// notification (the tasks are restored, not yet resumed).
 final class PostRestore: CriuNotifyHandler {
-    let body: () throws -> Void
-    init(_ body: @escaping () throws -> Void) { self.body = body }
+    let body: (pid_t) throws -> Void
+    init(_ body: @escaping (pid_t) throws -> Void) { self.body = body }
     func criuNotify(_ script: String, pid: Int32) throws {
-        if script == "post-restore" { try body() }
+        if script == "post-restore" { try body(pid) }
     }
 }

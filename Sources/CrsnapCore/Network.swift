@@ -119,6 +119,9 @@ public enum Networks {
     /// forwards its published ports.
     static func attach(_ c: Container, _ config: ContainerConfig, pid: pid_t) throws {
         guard let address = config.bridgeAddress else { return }
+        // Not while the last container's removal takes the bridge away.
+        let lock = try c.store.networkLock()
+        defer { lock.release() }
         let bridge = try c.store.bridge()
         try bridge.ensure()
         try bridge.attach(pid: pid, address: address)
@@ -139,12 +142,62 @@ public enum Networks {
     }
 
     /// Removes what a bridged container has on the host: its forwarded ports
-    /// and its veth. The lease goes with its config.
+    /// and its veth; with the store's last lease, the bridge and its table
+    /// too, unless something else is attached to the bridge. The lease goes
+    /// with its config.
     static func release(_ c: Container, _ config: ContainerConfig) throws {
         guard let address = config.bridgeAddress else { return }
+        let lock = try c.store.networkLock()
+        defer { lock.release() }
         let bridge = try c.store.bridge()
         try bridge.unpublish(config.publish ?? [])
         try Netlink.deleteLink(Bridge.hostInterface(for: address.address))
+        if !leases(store: c.store).contains(where: { $0.container != c.name }) { try bridge.removeIfUnused() }
+    }
+
+    /// What of the host's side no container of the store accounts for (a
+    /// crash, a container directory removed by hand): host-side veths of
+    /// addresses of the subnet that no container leases, and forwarded ports
+    /// to addresses of the subnet that no lease publishes. (A leased
+    /// address's veth is left alone: its container may be starting or being
+    /// restored; a stopped one's goes with its namespace.)
+    /// Descriptions and the removals that fix them.
+    static func leftovers(store: Store) -> [(what: String, remove: () throws -> Void)] {
+        guard let bridge = try? store.bridge() else { return [] }
+        let mask = IPv4Network.mask(bridge.subnet.prefix)
+        func inSubnet(_ a: UInt32) -> Bool { a & mask == bridge.subnet.address }
+        var addresses: Set<UInt32> = []
+        var leased: Set<String> = []
+        for n in store.containerNames() {
+            guard let c = try? Container(store: store, name: n), let cfg = try? c.config(), let a = cfg.bridgeAddress else { continue }
+            addresses.insert(a.address)
+            for p in cfg.publish ?? [] { leased.insert("\(p.proto.rawValue) \(p.hostPort) \(a.address) \(p.containerPort)") }
+        }
+        var out: [(what: String, remove: () throws -> Void)] = []
+        for link in Netlink.linkNames() {
+            guard let a = Bridge.address(ofHostInterface: link), inSubnet(a), !addresses.contains(a) else { continue }
+            out.append(("network: veth \(link) of \(Bridge.dotted(a)), which no container leases", { try Netlink.deleteLink(link) }))
+        }
+        for (proto, ports) in (try? bridge.published()) ?? [:] {
+            for (hostPort, to) in ports.sorted(by: { $0.key < $1.key }) where inSubnet(to.address) {
+                guard !leased.contains("\(proto.rawValue) \(hostPort) \(to.address) \(to.port)") else { continue }
+                let m = PortMapping(hostPort: hostPort, containerPort: to.port, proto: proto)
+                out.append(("network: host port \(hostPort)/\(proto.rawValue) forwarded to \(Bridge.dotted(to.address)):\(to.port), which no container publishes",
+                            { try bridge.unpublish([m]) }))
+            }
+        }
+        return out
+    }
+
+    /// Removes the leftovers (`crsnap doctor --repair`) under the network
+    /// lock; returns what was done.
+    static func removeLeftovers(store: Store) throws -> [String] {
+        let lock = try store.networkLock()
+        defer { lock.release() }
+        return try leftovers(store: store).map { l in
+            try l.remove()
+            return "\(l.what): removed"
+        }
     }
 
     /// The settings and every lease (`crsnap network`).

@@ -250,6 +250,10 @@ public enum Repair {
     /// Containers that need recovery (journal, staging leftovers, stale
     /// freeze), without taking locks or changing anything.
     public static func pending(store: Store) -> [String] {
+        containersPending(store: store) + Networks.leftovers(store: store).map(\.what)
+    }
+
+    static func containersPending(store: Store) -> [String] {
         store.containerNames().compactMap { n in
             guard let c = try? Container(store: store, name: n) else { return nil }
             if Sys.exists(c.journalPath) { return "\(n): interrupted operation (journal.json)" }
@@ -261,13 +265,15 @@ public enum Repair {
 
     /// `pending` as doctor warnings.
     public static func pendingChecks(store: Store) -> [Doctor.Check] {
-        pending(store: store).map {
+        containersPending(store: store).map {
             Doctor.Check(name: "recovery", status: .warn, detail: "\($0) (crsnap doctor --repair, or any command on it)")
+        } + Networks.leftovers(store: store).map {
+            Doctor.Check(name: "recovery", status: .warn, detail: "\($0.what) (crsnap doctor --repair)")
         }
     }
 
     public static func repairAll(store: Store, only: [String] = []) -> [Outcome] {
-        store.containerNames().filter { only.isEmpty || only.contains($0) }.map { n in
+        var outcomes = store.containerNames().filter { only.isEmpty || only.contains($0) }.map { n in
             do {
                 let c = try Container(store: store, name: n)
                 let lock = try c.lock()
@@ -277,5 +283,15 @@ public enum Repair {
                 return Outcome(container: n, actions: [], error: "\(error)")
             }
         }
+        // The host's side of bridged containers: not any one container's.
+        if only.isEmpty {
+            do {
+                let done = try Networks.removeLeftovers(store: store)
+                if !done.isEmpty { outcomes.append(Outcome(container: "network", actions: done, error: nil)) }
+            } catch {
+                outcomes.append(Outcome(container: "network", actions: [], error: "\(error)"))
+            }
+        }
+        return outcomes
     }
 }

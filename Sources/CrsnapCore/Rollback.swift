@@ -27,21 +27,39 @@ public enum TCPRestore: String, CaseIterable, Sendable {
     case close
     /// Established, with the snapshot's sequence numbers (CRIU's repair mode).
     case restore
+    /// Established between the container's own sockets, aborted (reset)
+    /// where the peer is outside its network namespace: for a container
+    /// with a network of its own (not a choice of --tcp).
+    case closeOutside = "close-outside"
 
     public init(parsing text: String) throws {
-        guard let t = TCPRestore(rawValue: text) else {
+        guard let t = TCPRestore(rawValue: text), t != .closeOutside else {
             throw CrsnapError(.usage, "invalid --tcp \"\(text)\": expected close or restore")
         }
         self = t
     }
 
-    /// Without a choice: closed where the tasks were killed in the host's
-    /// network (their peers saw the end, their ends linger on the address
-    /// pairs), established otherwise (a network namespace of the
-    /// container's own comes back whole; CRIU closed a stopped container's
-    /// connections silently).
+    /// Without a choice: in a network namespace of the container's own,
+    /// which comes back whole, inside connections established and those to
+    /// outside peers (which saw them end) aborted; in the host's network,
+    /// closed where the tasks were killed (their peers saw the end, their
+    /// ends linger on the address pairs), else established (CRIU closed a
+    /// stopped container's connections silently).
     static func automatic(killed: Bool, ownNetwork: Bool) -> TCPRestore {
-        killed && !ownNetwork ? .close : .restore
+        ownNetwork ? .closeOutside : killed ? .close : .restore
+    }
+
+    /// The word of the monitor's restore request.
+    var word: String {
+        switch self {
+        case .close: return "tcp-close"
+        case .restore: return "tcp-established"
+        case .closeOutside: return "tcp-close-outside"
+        }
+    }
+
+    init(word: String) {
+        self = TCPRestore.allCases.first { $0.word == word } ?? .restore
     }
 }
 
@@ -401,7 +419,7 @@ public enum Rollback {
         try fault("rollback.restore")
         // A files-only snapshot: the command starts afresh on its files.
         let choice = tcp ?? .automatic(killed: killed, ownNetwork: config.networkMode.ownNamespace)
-        let request = m.isFilesOnly ? "launch\n\(m.id)" : restoreRequest(c, n, m, lazy: lazy, closeTCP: choice == .close)
+        let request = m.isFilesOnly ? "launch\n\(m.id)" : restoreRequest(c, n, m, lazy: lazy, tcp: choice)
         let reply = try MonitorChannel.request(dir: c.dir, request, afterSend: { try fault("rollback.restoring") })
         guard var restored = Restored(reply: reply) else {
             // The caller says what was being done: the monitor's own words.
@@ -423,9 +441,9 @@ public enum Rollback {
     /// container's root: its images, the output pipe they name, a label for
     /// the log, eager or lazy, TCP connections closed or established (see
     /// `RestoreRequest.closeTCP`).
-    static func restoreRequest(_ c: Container, _ n: Int, _ m: Manifest, lazy: Bool, closeTCP: Bool) -> String {
+    static func restoreRequest(_ c: Container, _ n: Int, _ m: Manifest, lazy: Bool, tcp: TCPRestore) -> String {
         ["restore", "\(c.snapshotDir(n))/images", c.rootMount, m.log_pipe, m.id, lazy ? "lazy" : "eager",
-         closeTCP ? "tcp-close" : "tcp-established"].joined(separator: "\n")
+         tcp.word].joined(separator: "\n")
     }
 }
 
@@ -444,8 +462,7 @@ public enum BareRestore {
             try c.cgroup().killAll()
             let killMs = milliseconds(since: t)
             let tcp = TCPRestore.automatic(killed: true, ownNetwork: try c.config().networkMode.ownNamespace)
-            let reply = try MonitorChannel.request(dir: c.dir, Rollback.restoreRequest(c, id.number, m, lazy: false,
-                                                                                         closeTCP: tcp == .close))
+            let reply = try MonitorChannel.request(dir: c.dir, Rollback.restoreRequest(c, id.number, m, lazy: false, tcp: tcp))
             guard var restored = Restored(reply: reply) else {
                 _ = try? MonitorChannel.request(dir: c.dir, "release")
                 throw CrsnapError(.failed, "bare restore of \(id) failed: \(MonitorChannel.words(reply))")

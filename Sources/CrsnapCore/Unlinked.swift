@@ -126,7 +126,7 @@ public enum Unlinked {
     /// placed there (see `place`): it unlinks them at CRIU's post-restore
     /// notification. nil when none were.
     static func postRestore(root: String) -> PostRestore? {
-        Sys.exists("\(root)/\(scratchDir)") ? PostRestore { try unlinkPlaced(root: root) } : nil
+        Sys.exists("\(root)/\(scratchDir)") ? PostRestore { _ in try unlinkPlaced(root: root) } : nil
     }
 
     /// In the monitor, at CRIU's post-restore notification (tasks restored,

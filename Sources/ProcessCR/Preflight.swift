@@ -214,8 +214,8 @@ public enum Preflight {
     // MARK: observing
 
     /// Reads what `judge` needs of `pids` (tasks of one tree) from /proc,
-    /// and the unix sockets and TCP connections of crsnap's own network
-    /// namespace when the tree shares it (else none: `sharedNetwork` false).
+    /// and the unix sockets and TCP connections of the tree's network
+    /// namespace (`sharedNetwork`: crsnap's own).
     public static func observe(pids: [pid_t]) -> (tasks: [Task], unix: [UnixSocket], tcp: [TCPConnection], sharedNetwork: Bool) {
         var tasks: [Task] = []
         // The tasks of a tree mostly share one mount namespace: read its table once.
@@ -247,8 +247,8 @@ public enum Preflight {
                               mounts: table, files: files))
         }
         let shared = pids.first.map { Proc.fdTarget(path: "/proc/\($0)/ns/net") == Proc.fdTarget(path: "/proc/self/ns/net") } ?? true
-        guard shared, let first = pids.first else { return (tasks, [], [], shared) }
-        return (tasks, unixSockets(), tcpConnections(pid: first), shared)
+        guard let first = pids.first else { return (tasks, [], [], shared) }
+        return (tasks, unixSockets(netnsOf: shared ? nil : first), tcpConnections(pid: first), shared)
     }
 
     /// A mapped file's mount: open it (map_files needs CAP_SYS_ADMIN, root has it) and ask fdinfo.
@@ -271,13 +271,16 @@ public enum Preflight {
         return out
     }
 
-    static func unixSockets() -> [UnixSocket] {
+    /// The unix sockets of crsnap's network namespace, or of the one of `pid`.
+    static func unixSockets(netnsOf pid: pid_t? = nil) -> [UnixSocket] {
         var buf: [crsnap_unix_socket] = []
         var n: Int32 = 0
         // Room for a host's worth; more when they did not all fit.
         for room in [1024, 16384, 262_144] {
             buf = [crsnap_unix_socket](repeating: crsnap_unix_socket(), count: room)
-            n = buf.withUnsafeMutableBufferPointer { crsnap_unix_sockets($0.baseAddress, Int32($0.count)) }
+            n = buf.withUnsafeMutableBufferPointer { b in
+                pid.map { crsnap_unix_sockets_in($0, b.baseAddress, Int32(b.count)) } ?? crsnap_unix_sockets(b.baseAddress, Int32(b.count))
+            }
             if n < room { break }
         }
         guard n > 0 else { return [] }

@@ -27,7 +27,7 @@ struct DoctorCommand: ParsableCommand {
 
     @OptionGroup var storeOptions: StoreOptions
     @Flag(help: "Print JSON.") var json = false
-    @Flag(help: "Finish or undo interrupted operations (journal), thaw containers left frozen, remove leftovers; then check.")
+    @Flag(help: "Finish or undo interrupted operations (journal), thaw containers left frozen, remove leftovers (also a host-side veth or a forwarded port of the store's subnet that no container leases); then check.")
     var repair = false
     @Argument(help: "Containers to check before a take (with --repair: only these are repaired; default all).") var names: [String] = []
 

@@ -10,10 +10,12 @@ struct NetworkCommand: ParsableCommand {
         Containers run with --network bridge join the store's bridge (default
         crsnap0) by a veth pair and get an address of its subnet (default
         10.87.0.0/24; the bridge holds the first address, their gateway). The
-        bridge, forwarding and the nftables table "ip crsnap" (outbound NAT,
-        published ports) are made in the network namespace crsnap runs in when
-        the first bridged container starts. A container's address is its lease,
-        kept in its config until crsnap rm.
+        bridge, forwarding and the bridge's nftables table ("ip crsnap0";
+        "ip crsnap-NAME" for a bridge whose name does not start with crsnap:
+        outbound NAT, published ports) are made in the network namespace crsnap
+        runs in when a bridged container starts; the bridge and its table go
+        with the store's last bridged container. A container's address is its
+        lease, kept in its config until crsnap rm.
         """,
         subcommands: [NetworkShowCommand.self, NetworkSetCommand.self],
         defaultSubcommand: NetworkShowCommand.self

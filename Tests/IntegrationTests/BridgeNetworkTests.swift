@@ -1,4 +1,6 @@
+import ContainerNetwork
 import Foundation
+import ProcessCR
 import XCTest
 #if canImport(Glibc)
 import Glibc
@@ -55,8 +57,9 @@ final class BridgeNetworkTests: XCTestCase {
     /// subnet; one published on a host port, reached from the host at
     /// 127.0.0.1 and the gateway, and from the other container. A host client
     /// holding a connection sees only a pause across take; across rollback it
-    /// gets an EOF or a reset, and its new connection sees the snapshot's data
-    /// at the same address. The restore test passes. rm leaves no link,
+    /// gets an EOF or a reset, its new connection sees the snapshot's data at
+    /// the same address, and redis holds no restored copy of the old one
+    /// (connections to outside peers come back aborted). The restore test passes. rm leaves no link,
     /// published port or lease behind.
     func testBridgedRedisServersShareAPortAndKeepTheirAddressAcrossRollback() throws {
         let hostPort = freeLoopbackPort()
@@ -86,12 +89,17 @@ final class BridgeNetworkTests: XCTestCase {
         XCTAssertEqual(held.request("PING"), "+PONG", "the held connection did not survive the take")
         XCTAssertEqual(held.request("SET after take"), "+OK")
 
-        try crsnapOK(["rollback", id])
+        let rolled = jsonObject(try crsnapOK(["rollback", id, "--json"]))
+        XCTAssertEqual(rolled["tcp"] as? String, "close-outside")
         let answer = held.request("GET after")
         XCTAssertTrue(answer == nil || answer == "", "the held connection still answers after the rollback: \(answer ?? "")")
         XCTAssertEqual(try redis(a.address, 6379, "GET", "after"), "", "not the snapshot's data")
         XCTAssertEqual(try redis(a.address, 6379, "GET", "who"), "a")
         XCTAssertEqual(try redis("127.0.0.1", hostPort, "GET", "who"), "a", "the published port after the rollback")
+        func clients() -> [Substring] { ((try? redis(a.address, 6379, "CLIENT", "LIST")) ?? "").split(separator: "\n") }
+        XCTAssertTrue(waitFor(5) { clients().count == 1 }, "redis still has the restored connection of the host's client: \(clients())")
+        let said = try crsnapOK(["logs", a.name])
+        XCTAssertTrue(said.contains("1 TCP connection to peers outside closed"), said)
         let row = jsonObjects(try crsnapOK(["ps", "--json"])).first { $0["name"] as? String == a.name }
         XCTAssertEqual((row?["address"] as? String)?.split(separator: "/").first.map(String.init), a.address)
         let inside = try crsnap(["exec", a.name, "--", "/usr/sbin/ip", "-o", "-4", "addr", "show", "eth0"])
@@ -114,6 +122,38 @@ final class BridgeNetworkTests: XCTestCase {
         let again = try startRedis("it-br-c", ["--publish", "\(hostPort):6379"])
         XCTAssertEqual(try redis("127.0.0.1", hostPort, "PING"), "PONG", "the host port was not free again")
         XCTAssertEqual(again.address, a.address, "the lowest free address was not given again")
+    }
+
+    /// What no container accounts for — a host-side veth of an address of the
+    /// subnet nobody leases, a forwarded port to such an address — is named by
+    /// doctor and removed by doctor --repair; a running container's veth and
+    /// port stay.
+    func testDoctorRepairRemovesTheHostSideNoContainerAccountsFor() throws {
+        let port = freeLoopbackPort()
+        let a = try startRedis("it-br-repair", ["--publish", "\(port):6379"])
+        let net = jsonObject(try crsnapOK(["network", "show", "--json"]))
+        let bridge = Bridge(name: net["bridge"] as? String ?? "", subnet: IPv4Network(net["subnet"] as? String ?? "")!)
+        let stray = bridge.hostRange!.upperBound
+        let strayLink = Bridge.hostInterface(for: stray)
+        let add = try runProgram("/usr/sbin/ip", ["link", "add", strayLink, "type", "veth", "peer", "name", "crsnap-stray"])
+        XCTAssertEqual(add.status, 0, add.stderr)
+        let strayPort = PortMapping(hostPort: UInt16(freeLoopbackPort()), containerPort: 53, proto: .udp)
+        try bridge.publish([strayPort], to: stray)
+
+        let doctor = try crsnap(["doctor"])
+        for needle in ["veth \(strayLink) of \(Bridge.dotted(stray)), which no container leases",
+                       "host port \(strayPort.hostPort)/udp forwarded to \(Bridge.dotted(stray)):53, which no container publishes"] {
+            XCTAssertTrue(doctor.stdout.contains(needle), "\(needle) in: \(doctor.stdout)")
+        }
+        let repair = try crsnap(["doctor", "--repair"])
+        XCTAssertEqual(repair.status, 0, repair.stderr)
+        XCTAssertEqual(repair.stderr.components(separatedBy: "repair: network: ").count - 1, 2, repair.stderr)
+        XCTAssertFalse(links().contains(strayLink) || links().contains("crsnap-stray"), "\(links())")
+        XCTAssertNil(try bridge.published()[.udp]?[strayPort.hostPort])
+        XCTAssertEqual(try bridge.published()[.tcp]?[UInt16(port)]?.port, 6379, "the container's port went too")
+        XCTAssertEqual(try redis("127.0.0.1", port, "PING"), "PONG")
+        XCTAssertTrue(links().contains(Bridge.hostInterface(for: IPv4Network(a.address)!.address)), "the container's veth went too")
+        XCTAssertFalse(try crsnap(["doctor"]).stdout.contains("which no container"))
     }
 
     /// A host port in use on the host or published by another container, and

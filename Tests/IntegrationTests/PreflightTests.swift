@@ -106,7 +106,7 @@ final class PreflightTests: XCTestCase {
         import socket, os, array, sys, threading
         path, port = sys.argv[1], int(sys.argv[2])
         keep = []
-        t = socket.socket(); t.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); t.bind(('127.0.0.1', port)); t.listen(8)
+        t = socket.socket(); t.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); t.bind(('0.0.0.0', port)); t.listen(8)
         threading.Thread(target=lambda: [keep.append(t.accept()) for _ in iter(int, 1)], daemon=True).start()
         u = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM); u.bind(path); u.listen(8)
         print('ready', flush=True)
@@ -118,12 +118,12 @@ final class PreflightTests: XCTestCase {
         """
 
     /// Inside: takes the fd and keeps the connection (mode "bad"), opens a
-    /// userfaultfd; always a TCP connection to the host's listener and one
-    /// between two of its own sockets.
+    /// userfaultfd; always a TCP connection to the host's listener (at the
+    /// address given, else 127.0.0.1) and one between two of its own sockets.
     static let client = """
         import socket, array, sys, time, ctypes, os
         mode, port = sys.argv[1], int(sys.argv[2])
-        out = socket.create_connection(('127.0.0.1', port))
+        out = socket.create_connection((sys.argv[3] if len(sys.argv) > 3 else '127.0.0.1', port))
         l = socket.socket(); l.bind(('127.0.0.1', 0)); l.listen(1)
         a = socket.create_connection(l.getsockname()); b, _ = l.accept()
         if mode == 'bad':
@@ -189,5 +189,20 @@ final class PreflightTests: XCTestCase {
         }
         XCTAssertEqual(try snapshotCount(bad), 0)
         XCTAssertEqual(TestContainer(name: bad, overlay: true).freezerState, "THAWED")
+
+        // The same with a network of its own: its sockets are looked at inside it.
+        let gateway = String(((jsonObject(try crsnapOK(["network", "show", "--json"]))["gateway"] as? String) ?? "").split(separator: "/")[0])
+        let bridged = try start("it-pf-br", ["--network", "bridge", "--volume", "\(dir):/ext", "--",
+                                             "python3", "/ext/client.py", "bad", "\(port)", gateway])
+        let bridgedReady = "\(TestContainer(name: bridged, overlay: true).filesDir)/var/lib/crsnap-pf/ready"
+        XCTAssertTrue(waitFor(20) { FileManager.default.fileExists(atPath: bridgedReady) }, "bridged client did not start")
+        (status, report, text) = try preflight(bridged)
+        XCTAssertEqual(status, 1, text)
+        XCTAssertEqual(Set(findings(report).filter { $0["severity"] as? String == "blocker" }.compactMap { $0["kind"] as? String }),
+                       ["mount", "unix-peer", "file-type"], "\(report)")
+        let outside = findings(report).filter { $0["kind"] as? String == "tcp-peer" }
+        XCTAssertEqual(outside.count, 1, "one outside connection; the inside pair is no finding: \(report)")
+        XCTAssertTrue((outside.first?["path"] as? String ?? "").hasSuffix("-> \(gateway):\(port)"), "\(outside)")
+        XCTAssertTrue((report["network"] as? String ?? "").contains("inspected inside it"), "\(report)")
     }
 }

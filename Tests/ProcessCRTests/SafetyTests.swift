@@ -141,9 +141,10 @@ final class NetworkSafetyTests: XCTestCase {
         add rule inet crsnap postrouting ip saddr 10.88.0.0/16 masquerade
         flush table inet crsnap; delete table inet crsnap
         list ruleset
+        list tables ip
         """))
         for bad in ["flush ruleset", "delete ruleset", "reset ruleset", "add table inet filter", "flush table ip nat",
-                    "add rule ip filter input drop", "delete table crsnap0x; delete table docker", "insert rule inet", "nft -f /etc/nftables.conf"] {
+                    "add rule ip filter input drop", "delete table crsnap0x; delete table docker", "insert rule inet", "nft -f /etc/nftables.conf", "flush tables ip"] {
             XCTAssertNotNil(Safety.nftablesRefusal(bad), bad)
         }
     }

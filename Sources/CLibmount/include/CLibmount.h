@@ -132,6 +132,9 @@ struct crsnap_unix_socket {
 /// (NETLINK_SOCK_DIAG, UDIAG_SHOW_PEER | UDIAG_SHOW_NAME). Returns how many,
 /// or -1 with errno set.
 int crsnap_unix_sockets(struct crsnap_unix_socket *out, int max);
+/// The same for the network namespace of `pid` (its sock_diag socket is made
+/// there by this thread, which then returns to its own namespace).
+int crsnap_unix_sockets_in(pid_t pid, struct crsnap_unix_socket *out, int max);
 
 /// Data extents of the regular files below `root` (one filesystem; nested
 /// subvolumes and mounts are not entered), as FIEMAP reports them: all of
