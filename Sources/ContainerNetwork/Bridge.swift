@@ -140,12 +140,20 @@ public struct Bridge: Sendable {
         add chain \(t) output { type nat hook output priority -100; policy accept; }
         add chain \(t) postrouting { type nat hook postrouting priority 100; policy accept; }
         add chain \(t) forward { type filter hook forward priority 0; policy accept; }
+        add chain \(t) filter_output { type filter hook output priority 0; policy accept; }
+        add set \(t) restoring { type ipv4_addr; }
 
         """
         for p in PortMapping.Proto.allCases {
             b += "add map \(t) \(p.rawValue)_ports { type inet_service : ipv4_addr . inet_service; }\n"
         }
-        for chain in ["prerouting", "output", "postrouting", "forward"] { b += "flush chain \(t) \(chain)\n" }
+        for chain in ["prerouting", "output", "postrouting", "forward", "filter_output"] { b += "flush chain \(t) \(chain)\n" }
+        // A container being restored: new connections to it are reset at
+        // once (its address has no link meanwhile, and a SYN lost there is
+        // sent again only after a second).
+        for chain in ["forward", "filter_output"] {
+            b += "add rule \(t) \(chain) ip daddr @restoring meta l4proto tcp reject with tcp reset\n"
+        }
         for chain in ["prerouting", "output"] {
             for p in PortMapping.Proto.allCases {
                 b += "add rule \(t) \(chain) fib daddr type local dnat ip to \(p.rawValue) dport map @\(p.rawValue)_ports\n"
@@ -191,6 +199,20 @@ public struct Bridge: Sendable {
             try NFTables.run("delete table ip \(table)")
         }
         return true
+    }
+
+    /// Resets new TCP connections to `address` until `stopRefusing` (while
+    /// its container is killed and restored).
+    public func refuseWhileRestoring(_ address: UInt32) throws {
+        try NFTables.run("add element ip \(table) restoring { \(Bridge.dotted(address)) }")
+    }
+
+    public func stopRefusing(_ address: UInt32) throws {
+        do {
+            try NFTables.run("delete element ip \(table) restoring { \(Bridge.dotted(address)) }")
+        } catch let e as NetworkError where e.description.contains("No such file or directory") {
+            // not refused (or no table): nothing to do
+        }
     }
 
     /// Forwards the host ports to `address` (idempotent).

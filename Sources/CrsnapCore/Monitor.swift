@@ -272,6 +272,8 @@ public final class Monitor {
             initPid = 0
         }
         guard initPid == 0 else { return "err the container is still running (pid \(initPid))" }
+        Networks.refuseConnections(container, config)
+        defer { Networks.acceptConnections(container, config) }
         do {
             let criu = try Criu.locate()
             var req = RestoreRequest(imagesDir: images, root: root)
@@ -288,9 +290,16 @@ public final class Monitor {
             // locks that network: the tasks find them reset.
             let unlinked = Unlinked.postRestore(root: root)
             var outsideClosed = 0
-            let handler: PostRestore? = tcp != .closeOutside ? unlinked : PostRestore { pid in
+            var handler: PostRestore? = tcp != .closeOutside ? unlinked : PostRestore { pid in
                 try unlinked?.body(pid)
                 outsideClosed = try Netlink.closeOutsideConnections(pid: pid)
+            }
+            if config.bridgeAddress != nil {
+                // New connections are let through once the tasks run (CRIU
+                // has unlocked their network), not only when CRIU has exited.
+                handler = handler ?? PostRestore { _ in }
+                let (c, cfg) = (container, config)
+                handler?.resumed = { Networks.acceptConnections(c, cfg) }
             }
             // Processes that held file locks come back stopped, so that the
             // locks CRIU lost can be taken again before any of them runs.
@@ -374,11 +383,14 @@ public final class Monitor {
 }
 
 /// Runs `body` with the restored tree's root pid at CRIU's post-restore
-/// notification (the tasks are restored, not yet resumed).
+/// notification (the tasks are restored, not yet resumed), and `resumed`
+/// at its post-resume one.
 final class PostRestore: CriuNotifyHandler {
     let body: (pid_t) throws -> Void
+    var resumed: (() -> Void)?
     init(_ body: @escaping (pid_t) throws -> Void) { self.body = body }
     func criuNotify(_ script: String, pid: Int32) throws {
         if script == "post-restore" { try body(pid) }
+        if script == "post-resume" { resumed?() }
     }
 }

@@ -126,6 +126,23 @@ public enum Networks {
         try bridge.ensure()
         try bridge.attach(pid: pid, address: address)
         try bridge.publish(config.publish ?? [], to: address.address)
+        try bridge.stopRefusing(address.address)
+    }
+
+    /// While a bridged container is killed and restored: new connections to
+    /// its address are reset at once instead of vanishing (a client then
+    /// retries at its own pace rather than after TCP's one-second SYN
+    /// timeout). Best effort: a rollback goes on without it.
+    static func refuseConnections(_ c: Container, _ config: ContainerConfig) {
+        guard let address = config.bridgeAddress, let bridge = try? c.store.bridge() else { return }
+        try? bridge.ensure()
+        try? bridge.refuseWhileRestoring(address.address)
+    }
+
+    /// Ends `refuseConnections`.
+    static func acceptConnections(_ c: Container, _ config: ContainerConfig) {
+        guard let address = config.bridgeAddress, let bridge = try? c.store.bridge() else { return }
+        try? bridge.stopRefusing(address.address)
     }
 
     /// What CRIU needs to restore a bridged container's network: the bridge

@@ -306,6 +306,7 @@ public enum Rollback {
                 guard reply == "ok" else { throw CrsnapError(.failed, MonitorChannel.words(reply)) }
             }
             let running = !(try c.cgroup().procs()).isEmpty
+            if running { Networks.refuseConnections(c, try c.config()) }
             let t = DispatchTime.now()
             try c.cgroup().killAll()
             let killMs = milliseconds(since: t)
@@ -458,6 +459,7 @@ public enum BareRestore {
         try Container.locked(store: store, name: id.container) { c in
             let m = try c.manifest(id.number)
             try Rollback.holdMonitor(c, revert: Revert())
+            Networks.refuseConnections(c, try c.config())
             let t = DispatchTime.now()
             try c.cgroup().killAll()
             let killMs = milliseconds(since: t)

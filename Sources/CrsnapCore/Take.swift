@@ -172,7 +172,6 @@ public enum Take {
         steps.tmpfs = config.tmpfs ?? []
         steps.volumes = config.volumes ?? []
         steps.kind = config.kind
-        steps.ownNetwork = config.networkMode.ownNamespace
         let nsPid = Proc.nsPids(initPid).last ?? 0
         var r: TakeResult
         do {
@@ -346,7 +345,6 @@ final class RealTakeSteps: TakeSteps, CriuNotifyHandler {
     /// The container's tmpfs mounts (their contents go into the images).
     var tmpfs: [String] = []
     /// A network namespace of its own: CRIU dumps it and locks it meanwhile.
-    var ownNetwork = false
 
     init(container: Container, criu: Criu?, initPid: pid_t, cgroup: FreezerCgroup) {
         self.container = container
@@ -383,7 +381,12 @@ final class RealTakeSteps: TakeSteps, CriuNotifyHandler {
         }
         var req = DumpRequest(pid: initPid, imagesDir: imagesDir, freezeCgroup: cgroup)
         req.leaveRunning = leaveRunning
-        req.networkLock = ownNetwork
+        // No network lock, even on a namespace of the container's own: it
+        // drops what clients send during the dump, and they wait out a
+        // retransmission (Scripts/bench-network saw 200 ms and more); what
+        // it would keep consistent, established connections to outside
+        // peers, a rollback aborts anyway (TCPRestore.closeOutside). The
+        // restore does lock.
         // Bind mounts from the host are external to CRIU: "mnt[PATH]:KEY".
         req.external = volumes.map { "mnt[\($0.container)]:\($0.key)" }
         // Unlinked open files are referenced, not copied, by CRIU: crsnap

@@ -38,7 +38,7 @@ public enum TakePreflight {
         let findings = Preflight.judge(tasks: seen.tasks, unix: seen.unix, tcp: seen.tcp, limits: limits)
         let network = seen.sharedNetwork
             ? "the host's namespace, shared: CRIU's network lock is not used (it would lock the host); TCP connections are dumped with their state"
-            : "a namespace of its own, checkpointed with the processes (CRIU locks it with nftables meanwhile); its sockets were inspected inside it"
+            : "a namespace of its own, checkpointed with the processes (CRIU locks it with nftables while restoring it); its sockets were inspected inside it"
         return Report(container: c.name, take_would_fail: findings.contains { $0.severity == .blocker }, tasks: seen.tasks.count,
                       findings: findings, network: network, preflight_ms: milliseconds(since: t))
     }

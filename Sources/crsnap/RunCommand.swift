@@ -35,7 +35,7 @@ struct RunCommand: ParsableCommand {
     var volume: [String] = []
     @Option(help: ArgumentHelp("Run the command as this user and group (numbers; GID defaults to UID; no supplementary groups). CRIU dumps a task of another user only with CAP_SYS_RESOURCE (crsnap doctor NAME says).", valueName: "UID[:GID]"))
     var user: String?
-    @Option(help: ArgumentHelp("host: share the host's network (the default); none: a network namespace of its own with loopback only; bridge: one of its own joined to the host's bridge (crsnap network) with an address of its own, outbound NAT and --publish. An own namespace is checkpointed and restored with the processes (its address stays; CRIU locks its network while it works).", valueName: "mode"))
+    @Option(help: ArgumentHelp("host: share the host's network (the default); none: a network namespace of its own with loopback only; bridge: one of its own joined to the host's bridge (crsnap network) with an address of its own, outbound NAT and --publish. An own namespace is checkpointed and restored with the processes (its address stays; CRIU locks its network while it restores it).", valueName: "mode"))
     var network: String?
     @Option(help: ArgumentHelp("With --network bridge: the container's address (default: the lowest free one of the store's subnet).", valueName: "A.B.C.D"))
     var address: String?

@@ -83,8 +83,6 @@ final class NetworkTests: XCTestCase {
         let id = try crsnapOK(["take", a.name]).trimmingCharacters(in: .whitespacesAndNewlines)
         let atTake = log(a).count
         XCTAssertTrue(waitFor(10) { self.log(a).count > atTake + 10 })
-        let dumpLog = (try? String(contentsOfFile: "\(a.dir)/snapshots/1/images/dump.log", encoding: .utf8)) ?? ""
-        XCTAssertTrue(dumpLog.contains("Lock network"), "CRIU did not lock the container's network")
 
         try crsnapOK(["rollback", id])
         let restoredFrom = log(a).count
