@@ -86,21 +86,21 @@ class Reply:
         raise RuntimeError("unexpected reply %r" % line[:40])
 
 
-def connect(port, timeout=None):
-    s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+def connect(port, timeout=None, host="127.0.0.1"):
+    s = socket.create_connection((host, port), timeout=timeout)
     s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     return s
 
 
-def call(port, *args):
-    with connect(port, timeout=30) as s:
+def call(port, *args, host="127.0.0.1"):
+    with connect(port, timeout=30, host=host) as s:
         s.sendall(command(*args))
         return Reply(s).read()
 
 
 # --- the client --------------------------------------------------------------
 
-def client(port, path, period_ns=2_000_000):
+def client(port, path, period_ns=2_000_000, host="127.0.0.1"):
     """One connection, GET epoch every period (right after a late answer).
     Each line: sent_ns, answered_ns, reconnects, value. A lost connection is
     made again (every millisecond until the server listens) and the request
@@ -128,7 +128,7 @@ def client(port, path, period_ns=2_000_000):
         while not stop:
             try:
                 if sock is None:
-                    sock = connect(port, timeout=10)
+                    sock = connect(port, timeout=10, host=host)
                     reader = Reply(sock)
                 sock.sendall(request)
                 value = reader.read()
