@@ -7,7 +7,8 @@ import Glibc
 #endif
 
 /// run --network bridge: containers with addresses of their own on the
-/// host's bridge, published ports, and the host's side removed with them.
+/// host's bridge, published ports (TCP and UDP), outbound NAT, and the
+/// host's side removed with them; and a real server under --network none.
 /// Everything here happens in the test run's own network namespace
 /// (Scripts/testenv), which plays the host.
 final class BridgeNetworkTests: XCTestCase {
@@ -122,6 +123,113 @@ final class BridgeNetworkTests: XCTestCase {
         let again = try startRedis("it-br-c", ["--publish", "\(hostPort):6379"])
         XCTAssertEqual(try redis("127.0.0.1", hostPort, "PING"), "PONG", "the host port was not free again")
         XCTAssertEqual(again.address, a.address, "the lowest free address was not given again")
+    }
+
+    /// Outbound: a bridged container reaches a server beyond the host (a
+    /// network namespace the test makes, on a documentation network behind
+    /// a veth), which sees the host's address, not the container's
+    /// (masquerade), and the container's traffic leaves by its default
+    /// route through the bridge.
+    func testOutboundConnectionsAreMasqueraded() throws {
+        let world = "crsnap-world-\(getpid())", near = "cw\(getpid() % 100_000)a", far = "cw\(getpid() % 100_000)b"
+        func ip(_ args: String...) throws {
+            let r = try runProgram("/usr/sbin/ip", args)
+            XCTAssertEqual(r.status, 0, "ip \(args.joined(separator: " ")): \(r.stderr)")
+        }
+        try ip("netns", "add", world)
+        defer {
+            _ = try? runProgram("/usr/sbin/ip", ["link", "del", near])
+            _ = try? runProgram("/usr/sbin/ip", ["netns", "del", world])
+        }
+        try ip("link", "add", near, "type", "veth", "peer", "name", far, "netns", world)
+        try ip("addr", "add", "198.51.100.1/24", "dev", near)
+        try ip("link", "set", near, "up")
+        try ip("-n", world, "addr", "add", "198.51.100.2/24", "dev", far)
+        try ip("-n", world, "link", "set", far, "up")
+        try ip("-n", world, "link", "set", "lo", "up")
+        // Says who connected: the address it sees.
+        let server = Process()
+        server.executableURL = URL(fileURLWithPath: "/usr/sbin/ip")
+        server.arguments = ["netns", "exec", world, "/usr/bin/python3", "-c", """
+            import socket
+            s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind(("198.51.100.2", 7777)); s.listen(4); print("ready", flush=True)
+            while True:
+                c, a = s.accept(); c.sendall(a[0].encode()); c.close()
+            """]
+        let out = Pipe()
+        server.standardOutput = out
+        try server.run()
+        defer { server.terminate(); server.waitUntilExit() }
+        XCTAssertEqual(String(decoding: out.fileHandleForReading.readData(ofLength: 6), as: UTF8.self), "ready\n")
+
+        let a = try startRedis("it-br-out")
+        let r = try crsnap(["exec", a.name, "--", "/usr/bin/python3", "-c",
+                            "import socket; print(socket.create_connection(('198.51.100.2', 7777), timeout=5).recv(64).decode())"])
+        XCTAssertEqual(r.status, 0, r.stderr)
+        XCTAssertEqual(r.stdout.trimmingCharacters(in: .whitespacesAndNewlines), "198.51.100.1",
+                       "the server beyond the host did not see the host's address")
+        let route = try crsnap(["exec", a.name, "--", "/usr/sbin/ip", "-4", "route", "get", "198.51.100.2"])
+        XCTAssertTrue(route.stdout.contains("dev eth0"), route.stdout + route.stderr)
+    }
+
+    /// A UDP port published from the host, before and after a rollback of
+    /// the bridged server behind it (its socket comes back as it was).
+    func testAPublishedUDPPortAnswersAcrossRollback() throws {
+        let name = uniqueName("it-br-udp")
+        names.append(name)
+        let hostPort = freeLoopbackPort()
+        try crsnapOK(["run", name, "--network", "bridge", "--publish", "\(hostPort):5353/udp", "--", "/usr/bin/python3", "-c", """
+            import socket
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("0.0.0.0", 5353)); n = 0
+            while True:
+                data, peer = s.recvfrom(512); n += 1; s.sendto(b"%s %d" % (data, n), peer)
+            """])
+        func ask(_ text: String) -> String? {
+            let fd = socket(AF_INET, Int32(SOCK_DGRAM.rawValue), 0)
+            defer { close(fd) }
+            var tv = timeval(tv_sec: 1, tv_usec: 0)
+            setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+            guard onLoopback(fd, port: hostPort, { connect($0, $1, $2) }) == 0 else { return nil }
+            _ = text.withCString { send(fd, $0, strlen($0), 0) }
+            var buf = [UInt8](repeating: 0, count: 512)
+            let n = recv(fd, &buf, buf.count, 0)
+            return n > 0 ? String(decoding: buf[0..<n], as: UTF8.self) : nil
+        }
+        XCTAssertTrue(waitFor(20) { ask("hello") != nil }, "no answer on \(hostPort)/udp: \((try? crsnap(["logs", name]).stdout) ?? "")")
+        let before = ask("before") ?? ""
+        let id = try crsnapOK(["take", name]).trimmingCharacters(in: .whitespacesAndNewlines)
+        XCTAssertNotNil(ask("after take"))
+        XCTAssertNotNil(ask("after take"))
+        try crsnapOK(["rollback", id])
+        let after = ask("again") ?? ""
+        // The server's count goes on from the snapshot's, through the same port.
+        XCTAssertEqual(after.split(separator: " ").last.flatMap { Int($0) },
+                       before.split(separator: " ").last.flatMap { Int($0) }.map { $0 + 1 }, "\(before) / \(after)")
+    }
+
+    /// A server with no network but loopback (--network none), reached by a
+    /// client run inside it with exec: after a rollback it has the snapshot's
+    /// data.
+    func testRedisWithoutANetworkRollsBackAndAnswersInside() throws {
+        let name = uniqueName("it-none-redis")
+        names.append(name)
+        let launcher = "import os, sys; os.execv(sys.argv[1], sys.argv[2:])"
+        try crsnapOK(["run", name, "--network", "none", "--", "/usr/bin/python3", "-c", launcher, RealServicesTests.redis,
+                      "redis-server", "--port", "6379", "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                      "--daemonize", "no"])
+        func cli(_ args: String...) -> String {
+            let r = try? crsnap(["exec", name, "--", RealServicesTests.redisCLI] + args)
+            return r?.stdout.trimmingCharacters(in: .whitespacesAndNewlines) ?? ""
+        }
+        XCTAssertTrue(waitFor(30) { cli("PING") == "PONG" }, "redis did not answer inside")
+        XCTAssertNotEqual(try runProgram(RealServicesTests.redisCLI, ["-p", "6379", "PING"]).stdout, "PONG\n",
+                          "the host reached a --network none server")
+        XCTAssertEqual(cli("SET", "k", "snapshot"), "OK")
+        let id = try crsnapOK(["take", name]).trimmingCharacters(in: .whitespacesAndNewlines)
+        XCTAssertEqual(cli("SET", "k", "later"), "OK")
+        try crsnapOK(["rollback", id])
+        XCTAssertEqual(cli("GET", "k"), "snapshot")
     }
 
     /// What no container accounts for — a host-side veth of an address of the
