@@ -206,6 +206,11 @@ final class BridgeNetworkTests: XCTestCase {
         // The server's count goes on from the snapshot's, through the same port.
         XCTAssertEqual(after.split(separator: " ").last.flatMap { Int($0) },
                        before.split(separator: " ").last.flatMap { Int($0) }.map { $0 + 1 }, "\(before) / \(after)")
+        // Stopped with a snapshot and resumed: its veth made again, the port forwarded.
+        try crsnapOK(["take", "--stop", name])
+        XCTAssertNil(ask("stopped"))
+        try crsnapOK(["resume", name])
+        XCTAssertNotNil(ask("resumed"), "no answer after resume: \((try? crsnap(["logs", name]).stdout) ?? "")")
     }
 
     /// A server with no network but loopback (--network none), reached by a
