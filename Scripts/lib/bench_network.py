@@ -26,7 +26,8 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_pause import REDIS, call, client, client_figures, connect, command, Reply, fmt, load_samples, med, now_ns  # noqa: E402
+from bench_pause import (REDIS, Reply, call, client, client_figures, command, connect, fmt, load_samples, med,  # noqa: E402
+                         now_ns, remove_containers, stop_clients)
 
 MODES = ("host", "bridge")
 
@@ -137,11 +138,7 @@ class Bench:
                 time.sleep(0.3)
             print("bench-network: round %d of %d" % (rnd, a.rounds), file=sys.stderr)
         time.sleep(0.5)
-        paths = {}
-        for m, (proc, path) in self.clients.items():
-            proc.send_signal(signal.SIGTERM)
-            proc.wait()
-            paths[m] = path
+        paths = stop_clients(self.clients)
         self.clients = {}
         return rows, paths
 
@@ -149,10 +146,7 @@ class Bench:
         for proc, _ in self.clients.values():
             proc.kill()
             proc.wait()
-        for n in self.started:
-            r = self.crsnap("rm", "--force", n, check=False)
-            if r.returncode != 0:
-                print("bench-network: warning: could not remove %s: %s" % (n, r.stderr.strip()), file=sys.stderr)
+        remove_containers(self.crsnap, self.started, "bench-network")
 
 
 FIGURES = [("take", "longest_wait_ms", "take: the client's longest wait"),

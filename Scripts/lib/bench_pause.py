@@ -147,6 +147,24 @@ def client(port, path, period_ns=2_000_000, host="127.0.0.1"):
 
 # --- the driver --------------------------------------------------------------
 
+def stop_clients(clients):
+    """Ends the clients ({key: (process, samples file)}) so that they write
+    out their samples; returns {key: samples file}."""
+    paths = {}
+    for key, (proc, path) in clients.items():
+        proc.send_signal(signal.SIGTERM)
+        proc.wait()
+        paths[key] = path
+    return paths
+
+
+def remove_containers(crsnap, names, me):
+    for n in names:
+        r = crsnap("rm", "--force", n, check=False)
+        if r.returncode != 0:
+            print("%s: warning: could not remove %s: %s" % (me, n, r.stderr.strip()), file=sys.stderr)
+
+
 class Bench:
     def __init__(self, a):
         self.a = a
@@ -340,11 +358,7 @@ class Bench:
                     time.sleep(0.3)
                 print("bench-pause: %d MiB: round %d of %d" % (size, rnd, a.rounds), file=sys.stderr)
         time.sleep(0.5)
-        paths = {}
-        for name, (proc, path) in self.clients.items():
-            proc.send_signal(signal.SIGTERM)
-            proc.wait()
-            paths[name] = path
+        paths = stop_clients(self.clients)
         self.clients = {}
         return rows, paths
 
@@ -352,10 +366,7 @@ class Bench:
         for proc, _ in self.clients.values():
             proc.kill()
             proc.wait()
-        for n in self.started:
-            r = self.crsnap("rm", "--force", n, check=False)
-            if r.returncode != 0:
-                print("bench-pause: warning: could not remove %s: %s" % (n, r.stderr.strip()), file=sys.stderr)
+        remove_containers(self.crsnap, self.started, "bench-pause")
         scratch = "%s/bench-pause-scratch-%d" % (self.a.store_root, os.getpid())
         if os.path.isdir(scratch):
             subprocess.run(["rm", "-rf", "--one-file-system", "--", scratch])

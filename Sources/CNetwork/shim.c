@@ -320,19 +320,27 @@ static void *make_diag_socket(void *arg) {
                           (1u << TCP_FIN_WAIT1) | (1u << TCP_FIN_WAIT2) | (1u << TCP_CLOSE_WAIT) | \
                           (1u << TCP_LAST_ACK) | (1u << TCP_CLOSING))
 
-static int diag_dump(int fd, uint8_t family, struct tcp_end **ends, size_t *n, size_t *cap, char *err, size_t errlen) {
+/// Sends one inet_diag request for TCP sockets (`id`: one socket, else all).
+static int diag_send(int fd, uint16_t type, uint16_t flags, uint8_t family, uint32_t states,
+                     const struct inet_diag_sockid *id) {
     struct {
         struct nlmsghdr h;
         struct inet_diag_req_v2 r;
     } req;
     memset(&req, 0, sizeof req);
     req.h.nlmsg_len = sizeof req;
-    req.h.nlmsg_type = SOCK_DIAG_BY_FAMILY;
-    req.h.nlmsg_flags = NLM_F_REQUEST | NLM_F_DUMP;
+    req.h.nlmsg_type = type;
+    req.h.nlmsg_flags = NLM_F_REQUEST | flags;
     req.r.sdiag_family = family;
     req.r.sdiag_protocol = IPPROTO_TCP;
-    req.r.idiag_states = CONNECTED_STATES;
-    if (send(fd, &req, sizeof req, 0) != (ssize_t)sizeof req) return fail(err, errlen, "sock_diag: %s", strerror(errno));
+    req.r.idiag_states = states;
+    if (id) req.r.id = *id;
+    return send(fd, &req, sizeof req, 0) == (ssize_t)sizeof req ? 0 : -1;
+}
+
+static int diag_dump(int fd, uint8_t family, struct tcp_end **ends, size_t *n, size_t *cap, char *err, size_t errlen) {
+    if (diag_send(fd, SOCK_DIAG_BY_FAMILY, NLM_F_DUMP, family, CONNECTED_STATES, NULL) != 0)
+        return fail(err, errlen, "sock_diag: %s", strerror(errno));
     char buf[32768] __attribute__((aligned(8)));
     for (;;) {
         ssize_t len = recv(fd, buf, sizeof buf, 0);
@@ -364,19 +372,8 @@ static int diag_dump(int fd, uint8_t family, struct tcp_end **ends, size_t *n, s
 }
 
 static int diag_destroy(int fd, const struct tcp_end *t, char *err, size_t errlen) {
-    struct {
-        struct nlmsghdr h;
-        struct inet_diag_req_v2 r;
-    } req;
-    memset(&req, 0, sizeof req);
-    req.h.nlmsg_len = sizeof req;
-    req.h.nlmsg_type = SOCK_DESTROY;
-    req.h.nlmsg_flags = NLM_F_REQUEST | NLM_F_ACK;
-    req.r.sdiag_family = t->family;
-    req.r.sdiag_protocol = IPPROTO_TCP;
-    req.r.idiag_states = ~0u;
-    req.r.id = t->id;
-    if (send(fd, &req, sizeof req, 0) != (ssize_t)sizeof req) return fail(err, errlen, "SOCK_DESTROY: %s", strerror(errno));
+    if (diag_send(fd, SOCK_DESTROY, NLM_F_ACK, t->family, ~0u, &t->id) != 0)
+        return fail(err, errlen, "SOCK_DESTROY: %s", strerror(errno));
     char buf[1024];
     ssize_t len;
     do {
