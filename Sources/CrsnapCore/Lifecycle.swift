@@ -173,18 +173,16 @@ public enum Lifecycle {
                                          tmpfs: o.tmpfs.isEmpty ? nil : o.tmpfs, volumes: volumes.isEmpty ? nil : volumes,
                                          keep: o.keep.isEmpty ? nil : o.keep, user: try o.user.map(UserSpec.init(parsing:)),
                                          network: try o.network.map(NetworkMode.init(parsing:)))
-            if config.networkMode == .bridge {
-                // The lease is the config: written while no other run can
-                // choose the same address or port.
-                let netLock = try store.networkLock()
-                defer { netLock.release() }
+            // A bridged container's lease is its config: written while no
+            // other run can choose the same address or port.
+            let netLock = config.networkMode == .bridge ? try store.networkLock() : nil
+            if netLock != nil {
                 let publish = try Networks.parsePublish(o.publish)
                 config.address = try Networks.lease(store: store, requested: o.address, publish: publish).description
                 config.publish = publish.isEmpty ? nil : publish
-                try JSON.write(config, to: c.configPath)
-            } else {
-                try JSON.write(config, to: c.configPath)
             }
+            try JSON.write(config, to: c.configPath)
+            netLock?.release()
             revert.push("release the network of \(o.name)") { [config] in try Networks.release(c, config) }
             _ = try spawnMonitor(c, idle: false)
         }
