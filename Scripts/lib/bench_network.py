@@ -17,17 +17,15 @@ Run through Scripts/bench-network (root, memory, the store, a release build).
 """
 
 import argparse
-import csv
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_pause import (REDIS, Reply, call, client, client_figures, command, connect, fmt, load_samples, med,  # noqa: E402
-                         now_ns, remove_containers, stop_clients)
+from bench_pause import (REDIS, Reply, call, client, command, connect, fmt, med, now_ns,  # noqa: E402
+                         remove_containers, run_and_record, stop_clients)
 
 MODES = ("host", "bridge")
 
@@ -214,29 +212,9 @@ def main():
     p.add_argument("--csv", required=True)
     p.add_argument("--png", required=True)
     a = p.parse_args()
-    b = Bench(a)
-
-    def on_signal(signum, _):
-        raise SystemExit("bench-network: stopped by signal %d" % signum)
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    try:
-        rows, paths = b.run()
-    finally:
-        b.cleanup()
-    samples = {m: load_samples(path) for m, path in paths.items()}
-    for r in rows:
-        client_figures(r, samples[r["mode"]])
     fields = ["mode", "kind", "round", "start_ns", "end_ns", "requests", "longest_wait_ms", "correct_after_ms", "outage_ms",
               "pause_ms", "frozen_ms", "total_ms", "kill_ms", "restore_ms", "tcp"]
-    with open(a.csv, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
-        w.writeheader()
-        for r in rows:
-            w.writerow(r)
-    print("bench-network: samples: %s (per operation), %s (every request)" % (a.csv, " ".join(paths.values())),
-          file=sys.stderr)
+    rows = run_and_record(Bench(a), "bench-network", "mode", fields, a.csv)
     report(rows, a)
     chart(rows, a, a.png)
 

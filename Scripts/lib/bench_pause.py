@@ -158,6 +158,33 @@ def stop_clients(clients):
     return paths
 
 
+def run_and_record(bench, me, key, fields, csv_path):
+    """Runs `bench` (its run() gives rows and the clients' sample files,
+    cleanup() always follows, SIGTERM and SIGINT stop it), matches each
+    row with the samples of its client (`row[key]`), writes the rows as
+    CSV; returns them."""
+    def on_signal(signum, _):
+        raise SystemExit("%s: stopped by signal %d" % (me, signum))
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        rows, paths = bench.run()
+    finally:
+        bench.cleanup()
+    samples = {k: load_samples(path) for k, path in paths.items()}
+    for r in rows:
+        client_figures(r, samples[r[key]])
+    with open(csv_path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
+        w.writeheader()
+        for r in rows:
+            w.writerow(r)
+    print("%s: samples: %s (per operation), %s (every request)" % (me, csv_path, " ".join(paths.values())),
+          file=sys.stderr)
+    return rows
+
+
 def remove_containers(crsnap, names, me):
     for n in names:
         r = crsnap("rm", "--force", n, check=False)
@@ -604,33 +631,13 @@ def main():
     a = p.parse_args()
     a.sizes = [int(s) for s in a.sizes.split(",")]
     b = Bench(a)
-    a.bandwidth = 0
-
-    def on_signal(signum, _):
-        raise SystemExit("bench-pause: stopped by signal %d" % signum)
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    try:
-        rows, paths = b.run()
-        a.bandwidth = b.bandwidth
-    finally:
-        b.cleanup()
-    samples = {name: load_samples(path) for name, path in paths.items()}
-    for r in rows:
-        client_figures(r, samples[r["container"]])
     fields = ["size_mib", "files_mib", "kind", "round", "start_ns", "end_ns", "requests", "longest_wait_ms",
               "correct_after_ms", "pause_ms", "freezing_ms", "frozen_ms", "memdump_ms", "fs_snapshot_ms", "staging_copy_ms",
               "checksum_ms",
               "outage_ms", "total_ms", "pre_rollback_ms", "flush_ms", "kill_ms", "fs_ms", "restore_ms", "lazy_pages_ms",
               "peak_rss_kib", "monitor_rss_kib"]
-    with open(a.csv, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
-        w.writeheader()
-        for r in rows:
-            w.writerow(r)
-    print("bench-pause: samples: %s (per operation), %s (every request)" % (a.csv, " ".join(paths.values())),
-          file=sys.stderr)
+    rows = run_and_record(b, "bench-pause", "container", fields, a.csv)
+    a.bandwidth = b.bandwidth
     report(rows, a)
     chart(rows, a, a.png)
 
