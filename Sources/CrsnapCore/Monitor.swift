@@ -272,7 +272,6 @@ public final class Monitor {
             initPid = 0
         }
         guard initPid == 0 else { return "err the container is still running (pid \(initPid))" }
-        Networks.refuseConnections(container, config)
         defer { Networks.acceptConnections(container, config) }
         do {
             let criu = try Criu.locate()
@@ -280,6 +279,7 @@ public final class Monitor {
             if !pipeKey.isEmpty { req.inheritFds = [(key: pipeKey, fd: pipeW)] }
             req.external = (config.volumes ?? []).map { "mnt[\($0.key)]:\($0.host)" }
             req.external += try Networks.prepareRestore(container, config)
+            Networks.refuseConnections(container, config)  // after prepareRestore made sure of the table
             req.closeTCP = tcp == .close
             req.networkLock = config.networkMode.ownNamespace
             let cg = cgroup

@@ -132,10 +132,10 @@ public enum Networks {
     /// While a bridged container is killed and restored: new connections to
     /// its address are reset at once instead of vanishing (a client then
     /// retries at its own pace rather than after TCP's one-second SYN
-    /// timeout). Best effort: a rollback goes on without it.
+    /// timeout). Best effort: a rollback goes on without it (there is no
+    /// table to add to before `ensure`, e.g. after a reboot).
     static func refuseConnections(_ c: Container, _ config: ContainerConfig) {
         guard let address = config.bridgeAddress, let bridge = try? c.store.bridge() else { return }
-        try? bridge.ensure()
         try? bridge.refuseWhileRestoring(address.address)
     }
 
