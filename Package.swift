@@ -37,13 +37,18 @@ let package = Package(
             linkerSettings: [.linkedLibrary("nl-3"), .linkedLibrary("nl-route-3"), .linkedLibrary("nftables")]
         ),
         .target(name: "ContainerNetwork", dependencies: ["CNetwork", "FSSnapshot", "ProcessCR"]),
-        .target(name: "CrsnapCore", dependencies: ["FSSnapshot", "ProcessCR", "CCrypto", "ContainerNetwork"]),
+        // zstd (libzstd) for compressed archives.
+        .systemLibrary(name: "CZstd"),
+        // Moving snapshots: checksummed tar archives, zstd, chunked streams.
+        .target(name: "SnapshotArchive", dependencies: ["CCrypto", "CZstd", "FSSnapshot"]),
+        .target(name: "CrsnapCore", dependencies: ["FSSnapshot", "ProcessCR", "CCrypto", "ContainerNetwork", "SnapshotArchive"]),
         .executableTarget(
             name: "crsnap",
             dependencies: ["CrsnapCore", .product(name: "ArgumentParser", package: "swift-argument-parser")]
         ),
         .testTarget(name: "CrsnapCoreTests", dependencies: ["CrsnapCore", "ContainerNetwork"]),
         .testTarget(name: "ProcessCRTests", dependencies: ["ProcessCR"]),
+        .testTarget(name: "SnapshotArchiveTests", dependencies: ["SnapshotArchive"]),
         // Workloads/ holds the Python programs the tests run inside containers (read by path).
         .testTarget(name: "IntegrationTests", dependencies: ["CrsnapCore", "FSSnapshot", "ContainerNetwork", "crsnap"], exclude: ["Workloads"]),
     ],
