@@ -173,6 +173,7 @@ public enum Lifecycle {
                                          tmpfs: o.tmpfs.isEmpty ? nil : o.tmpfs, volumes: volumes.isEmpty ? nil : volumes,
                                          keep: o.keep.isEmpty ? nil : o.keep, user: try o.user.map(UserSpec.init(parsing:)),
                                          network: try o.network.map(NetworkMode.init(parsing:)))
+            config.id = UUID().uuidString.lowercased()
             // A bridged container's lease is its config: written while no
             // other run can choose the same address or port.
             let netLock = config.networkMode == .bridge ? try store.networkLock() : nil

@@ -31,6 +31,15 @@ public struct ContainerConfig: Codable, Equatable {
     public var address: String? = nil
     /// Host ports forwarded to a bridged container (`run --publish`).
     public var publish: [PortMapping]? = nil
+    /// Which container this is, across stores: a random id made by `run`
+    /// and carried by export and import (nil in containers from before it).
+    public var id: String? = nil
+
+    /// Whether `other` is this same container (made by the same `run`).
+    func isSameContainer(as other: ContainerConfig) -> Bool {
+        if let a = id, let b = other.id { return a == b }
+        return created == other.created && command == other.command
+    }
 
     public var networkMode: NetworkMode { network ?? .host }
 
@@ -214,6 +223,19 @@ public struct Manifest: Codable, Equatable {
     public var isFilesOnly: Bool { fs_only ?? false }
     /// SHA-256 of each CRIU image file (name → hex), checked before a restore.
     public var images_sha256: [String: String]? = nil
+    /// Where an imported or received snapshot came from; nil for one taken here.
+    public var received: Received? = nil
+
+    /// An imported or received snapshot's origin (`crsnap import`).
+    public struct Received: Codable, Equatable, Sendable {
+        /// Its id in the store it was exported from, and that store's id.
+        public var snapshot: String
+        public var store: String
+        /// The identity of its filesystem half across stores: the uuid the
+        /// received subvolume records as its received uuid (btrfs).
+        public var uuid: String?
+        public var at: Date
+    }
 }
 
 enum JSON {

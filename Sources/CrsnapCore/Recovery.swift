@@ -250,7 +250,11 @@ public enum Repair {
     /// Containers that need recovery (journal, staging leftovers, stale
     /// freeze), without taking locks or changing anything.
     public static func pending(store: Store) -> [String] {
-        containersPending(store: store) + Networks.leftovers(store: store).map(\.what)
+        containersPending(store: store) + Networks.leftovers(store: store).map(\.what) + importsPending(store: store)
+    }
+
+    static func importsPending(store: Store) -> [String] {
+        Transfer.leftoverImports(store).map { "\($0): what an interrupted import wrote" }
     }
 
     static func containersPending(store: Store) -> [String] {
@@ -267,8 +271,8 @@ public enum Repair {
     public static func pendingChecks(store: Store) -> [Doctor.Check] {
         containersPending(store: store).map {
             Doctor.Check(name: "recovery", status: .warn, detail: "\($0) (crsnap doctor --repair, or any command on it)")
-        } + Networks.leftovers(store: store).map {
-            Doctor.Check(name: "recovery", status: .warn, detail: "\($0.what) (crsnap doctor --repair)")
+        } + (Networks.leftovers(store: store).map(\.what) + importsPending(store: store)).map {
+            Doctor.Check(name: "recovery", status: .warn, detail: "\($0) (crsnap doctor --repair)")
         }
     }
 
@@ -291,6 +295,8 @@ public enum Repair {
             } catch {
                 outcomes.append(Outcome(container: "network", actions: [], error: "\(error)"))
             }
+            let removed = Transfer.sweepImports(store)
+            if !removed.isEmpty { outcomes.append(Outcome(container: "import", actions: removed.map { "removed \($0), left by an interrupted import" }, error: nil)) }
         }
         return outcomes
     }

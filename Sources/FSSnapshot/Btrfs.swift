@@ -66,4 +66,34 @@ public enum Btrfs {
     public static func setReadOnly(_ path: String, _ readOnly: Bool) throws {
         try call("set read-only", path) { btrfs_util_set_subvolume_read_only(path, readOnly) }
     }
+
+    /// Who a subvolume is, for send and receive: its own uuid, the uuid of
+    /// the subvolume it is a snapshot of, and the uuid of the subvolume it
+    /// was received from (nil when not received). A send's parent is found
+    /// on the receiving side by that received uuid.
+    public struct Identity: Equatable, Sendable {
+        public var uuid: String
+        public var parentUUID: String?
+        public var receivedUUID: String?
+
+        /// What a send stream names it by, and so what a receiver records
+        /// as the received uuid: the received uuid of a subvolume that was
+        /// itself received, else its own.
+        public var acrossStores: String { receivedUUID ?? uuid }
+    }
+
+    public static func identity(_ path: String) throws -> Identity {
+        var info = btrfs_util_subvolume_info()
+        try call("subvolume info", path) { btrfs_util_subvolume_info(path, 0, &info) }
+        func text<T>(_ tuple: T) -> String? {
+            let bytes = withUnsafeBytes(of: tuple) { Array($0) }
+            guard bytes.contains(where: { $0 != 0 }) else { return nil }
+            let hex = bytes.map { String(format: "%02x", $0) }.joined()
+            let parts = [0..<8, 8..<12, 12..<16, 16..<20, 20..<32].map { r in
+                String(hex[hex.index(hex.startIndex, offsetBy: r.lowerBound)..<hex.index(hex.startIndex, offsetBy: r.upperBound)])
+            }
+            return parts.joined(separator: "-")
+        }
+        return Identity(uuid: text(info.uuid) ?? "", parentUUID: text(info.parent_uuid), receivedUUID: text(info.received_uuid))
+    }
 }
