@@ -55,3 +55,12 @@ extension Snapshots {
         return ExtentUsage.measure(roots.filter(Sys.exists))
     }
 }
+
+extension Snapshots {
+    /// The identity of snapshot `n`'s files across stores: the uuid a
+    /// btrfs receive of them records (their own received uuid when they
+    /// were received themselves). nil on a store without subvolumes.
+    public static func identity(_ c: Container, _ n: Int) -> String? {
+        (try? Btrfs.identity("\(c.snapshotDir(n))/fs"))?.acrossStores
+    }
+}

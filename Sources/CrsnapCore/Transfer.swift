@@ -96,33 +96,6 @@ public enum Transfer {
         }
         signal(SIGPIPE, SIG_IGN)
         return try Container.locked(store: store, name: id.container) { c in
-            let n = id.number
-            let m = try c.manifest(n)
-            try Verify.require(c, n, doing: "export of \(id)")
-            let config = try c.config()
-            if !(config.volumes ?? []).isEmpty {
-                throw CrsnapError(.usage, "\(id): container \"\(c.name)\" has volumes (--volume), which an archive does not carry yet; nothing was written")
-            }
-            let dir = c.snapshotDir(n)
-            let fs = "\(dir)/fs"
-            var header = ArchiveHeader(format: 1, kind: "snapshot", snapshot: id.description, container: c.name, number: n,
-                                       store: store.id, exported: Date(), filesystem: "btrfs-send",
-                                       uuid: (try? Btrfs.identity(fs)).map(\.acrossStores))
-            var parentFS: String?
-            if let parent {
-                guard parent.container == id.container else {
-                    throw CrsnapError(.usage, "invalid --parent \(parent): a parent is a snapshot of the same container (\(id.container)@N)")
-                }
-                guard parent.number != n else { throw CrsnapError(.usage, "invalid --parent \(parent): it is the snapshot being sent") }
-                _ = try c.manifest(parent.number)
-                let pfs = "\(c.snapshotDir(parent.number))/fs"
-                guard store.backend.isVolume(pfs), let identity = try? Btrfs.identity(pfs) else {
-                    throw CrsnapError(.failed, "snapshot \(parent) is damaged: its filesystem snapshot \(pfs) is missing; nothing was written")
-                }
-                header.parent = ArchiveHeader.Parent(snapshot: parent.description, uuid: identity.acrossStores)
-                parentFS = pfs
-            }
-
             // The output: a temporary file beside the target, or stdout.
             var fd: Int32 = 1
             var partial: String?
@@ -136,40 +109,77 @@ public enum Transfer {
                 if partial != nil { Sys.close(fd) }
                 if let partial { try? Sys.unlink(partial) }
             }
-            let out = FileSink(fd: fd, name: path ?? "standard output")
-            let writer = ArchiveWriter(compress ? try ZstdSink(out) : out)
-            var result = TransferResult(id: id.description, from: nil, file: path, compressed: compress, bytes: 0, archive_bytes: 0,
-                                        fs_bytes: 0, parent: parent?.description, images_bytes: 0, unlinked_bytes: 0,
-                                        created_container: nil, ms: 0)
-            try writer.add(name: ArchiveHeader.entryName, data: try encode(header))
-            try writer.add(name: "config.json", data: try encode(config))
-            try writer.add(name: "manifest.json", data: try encode(m))
-            for (sub, counter) in [("images", \TransferResult.images_bytes), ("unlinked", \TransferResult.unlinked_bytes)] {
-                for name in regularFiles("\(dir)/\(sub)") {
-                    try writer.add(name: "\(sub)/\(name)", file: "\(dir)/\(sub)/\(name)")
-                    result[keyPath: counter] += UInt64((try? Sys.fileStatus("\(dir)/\(sub)/\(name)").st_size) ?? 0)
-                }
-            }
-            let send = try BtrfsStream.send(fs, parent: parentFS)
-            do {
-                result.fs_bytes = try writer.add(stream: ArchiveHeader.fsStream, from: FileSource(fd: send.fd, name: "btrfs send")).bytes
-                try send.finish()
-            } catch {
-                send.abort()
-                throw CrsnapError(.failed, "export of \(id) failed: \(error)" + (send.stderr.isEmpty ? "" : " (btrfs send: \(send.stderr.trimmingCharacters(in: .whitespacesAndNewlines)))")
-                                  + (path == nil ? "" : "; nothing was written"))
-            }
-            try writer.finish()
+            var result = try write(c, id.number, parent: parent, into: FileSink(fd: fd, name: path ?? "standard output"),
+                                   compress: compress)
             if let path, let p = partial {
                 try Sys.fsync(fd, p)
                 try Sys.rename(p, path)
                 partial = nil
             }
-            result.bytes = out.bytes
-            result.archive_bytes = writer.bytes
+            result.file = path
             result.ms = milliseconds(since: started)
             return result
         }
+    }
+
+    /// Snapshot `n` of `c` (whose lock the caller holds), verified, as an
+    /// archive into `out`; incremental on `parent`.
+    static func write(_ c: Container, _ n: Int, parent: SnapshotID?, into out: FileSink, compress: Bool) throws -> TransferResult {
+        let started = DispatchTime.now()
+        let store = c.store
+        let id = SnapshotID(container: c.name, number: n)
+        let m = try c.manifest(n)
+        try Verify.require(c, n, doing: "export of \(id)")
+        let config = try c.config()
+        if !(config.volumes ?? []).isEmpty {
+            throw CrsnapError(.usage, "\(id): container \"\(c.name)\" has volumes (--volume), which an archive does not carry yet; nothing was written")
+        }
+        let dir = c.snapshotDir(n)
+        let fs = "\(dir)/fs"
+        var header = ArchiveHeader(format: 1, kind: "snapshot", snapshot: id.description, container: c.name, number: n,
+                                   store: store.id, exported: Date(), filesystem: "btrfs-send",
+                                   uuid: (try? Btrfs.identity(fs)).map(\.acrossStores))
+        var parentFS: String?
+        if let parent {
+            guard parent.container == id.container else {
+                throw CrsnapError(.usage, "invalid --parent \(parent): a parent is a snapshot of the same container (\(id.container)@N)")
+            }
+            guard parent.number != n else { throw CrsnapError(.usage, "invalid --parent \(parent): it is the snapshot being sent") }
+            _ = try c.manifest(parent.number)
+            let pfs = "\(c.snapshotDir(parent.number))/fs"
+            guard store.backend.isVolume(pfs), let identity = try? Btrfs.identity(pfs) else {
+                throw CrsnapError(.failed, "snapshot \(parent) is damaged: its filesystem snapshot \(pfs) is missing; nothing was written")
+            }
+            header.parent = ArchiveHeader.Parent(snapshot: parent.description, uuid: identity.acrossStores)
+            parentFS = pfs
+        }
+        let writer = ArchiveWriter(compress ? try ZstdSink(out) : out)
+        var result = TransferResult(id: id.description, from: nil, file: nil, compressed: compress, bytes: 0, archive_bytes: 0,
+                                    fs_bytes: 0, parent: parent?.description, images_bytes: 0, unlinked_bytes: 0,
+                                    created_container: nil, ms: 0)
+        try writer.add(name: ArchiveHeader.entryName, data: try encode(header))
+        try writer.add(name: "config.json", data: try encode(config))
+        try writer.add(name: "manifest.json", data: try encode(m))
+        for (sub, counter) in [("images", \TransferResult.images_bytes), ("unlinked", \TransferResult.unlinked_bytes)] {
+            for name in regularFiles("\(dir)/\(sub)") {
+                try writer.add(name: "\(sub)/\(name)", file: "\(dir)/\(sub)/\(name)")
+                result[keyPath: counter] += UInt64((try? Sys.fileStatus("\(dir)/\(sub)/\(name)").st_size) ?? 0)
+            }
+        }
+        let send = try BtrfsStream.send(fs, parent: parentFS)
+        do {
+            result.fs_bytes = try writer.add(stream: ArchiveHeader.fsStream, from: FileSource(fd: send.fd, name: "btrfs send")).bytes
+            try send.finish()
+        } catch {
+            send.abort()
+            let said = send.stderr.trimmingCharacters(in: .whitespacesAndNewlines)
+            throw CrsnapError(.failed, "export of \(id) failed: \(error)" + (said.isEmpty ? "" : " (btrfs send: \(said))"))
+        }
+        try writer.finish()
+        result.bytes = out.bytes
+        result.archive_bytes = writer.bytes
+        result.ms = milliseconds(since: started)
+        return result
     }
 
     /// Reads one archive from `path` (nil: standard input) into the store,
@@ -249,7 +259,7 @@ public enum Transfer {
                                     created_container: nil, ms: 0)
         // An incremental archive needs its parent here, in this container.
         if let p = header.parent {
-            guard c.exists, let local = c.snapshotNumbers().first(where: { Self.identity(c, $0) == p.uuid }) else {
+            guard c.exists, let local = c.snapshotNumbers().first(where: { Snapshots.identity(c, $0) == p.uuid }) else {
                 throw CrsnapError(.notFound, "\(what) is incremental on \(p.snapshot), which container \"\(target)\" in store \(store.path) does not hold (send it first, or send without --parent); nothing was changed")
             }
             result.parent = "\(target)@\(local)"
@@ -380,11 +390,6 @@ public enum Transfer {
         }
         stage.moved(to: c.dir)
         try Sys.fsyncDirectory(store.containersDir)
-    }
-
-    /// The identity of snapshot `n`'s filesystem across stores.
-    static func identity(_ c: Container, _ n: Int) -> String? {
-        (try? Btrfs.identity("\(c.snapshotDir(n))/fs"))?.acrossStores
     }
 
     static func advanceNextID(_ c: Container, past n: Int) throws {

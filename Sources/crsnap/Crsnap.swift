@@ -27,7 +27,7 @@ struct Crsnap: ParsableCommand {
             ExecCommand.self, LogsCommand.self, StopCommand.self, RmCommand.self, DeleteCommand.self,
             CompletionCommand.self,
             VerifyCommand.self, DoctorCommand.self, InitCommand.self, MonitorCommand.self, BenchDumpCommand.self, BenchRestoreCommand.self,
-            RestoreTestCommand.self, NetworkCommand.self, ExportCommand.self, ImportCommand.self, SendCommand.self, ReceiveCommand.self,
+            RestoreTestCommand.self, NetworkCommand.self, ExportCommand.self, ImportCommand.self, SendCommand.self, ReceiveCommand.self, MigrateCommand.self,
         ]
     )
 }

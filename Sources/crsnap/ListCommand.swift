@@ -13,7 +13,9 @@ struct ListCommand: ParsableCommand {
         --fallback fs-only; ",fs-only" after another type).
         --json prints one object per snapshot: id, number, type, pair, tag,
         created, age_seconds, pause_ms, frozen_ms, fs_snapshot_ms, images_bytes,
-        stopped, fs_only, fs_exclusive_bytes. IMAGES is the size of the CRIU
+        stopped, fs_only, fs_exclusive_bytes,
+        fs_uuid (the identity of its files across stores, which send --parent
+        and migrate match), received_from. IMAGES is the size of the CRIU
         images; FS EXCL the bytes of the snapshot's files that no other
         snapshot and not the live container share (the data extents that
         deleting it frees now; "?" where the filesystem cannot tell). PAUSE(ms) is how long the container stood still for the take,
@@ -42,6 +44,11 @@ struct ListCommand: ParsableCommand {
         var fs_only: Bool
         /// nil: the filesystem cannot tell.
         var fs_exclusive_bytes: UInt64?
+        /// The identity of its files across stores (what send/receive and
+        /// migrate match parents by); nil where there is none (copy store).
+        var fs_uuid: String?
+        /// An imported or received snapshot: its id where it came from.
+        var received_from: String?
     }
 
     func run() throws {
@@ -61,7 +68,8 @@ struct ListCommand: ParsableCommand {
                     tag: m.tag, created: m.created, age_seconds: Int(Date().timeIntervalSince(m.created)),
                     pause_ms: m.stats.pause_ms, frozen_ms: m.stats.frozen_ms, fs_snapshot_ms: m.stats.fs_snapshot_ms,
                     images_bytes: m.stats.images_bytes, stopped: m.stopped ?? false, fs_only: m.isFilesOnly,
-                    fs_exclusive_bytes: Snapshots.filesystemBytes(c, m.number)?.exclusive)
+                    fs_exclusive_bytes: Snapshots.filesystemBytes(c, m.number)?.exclusive,
+                    fs_uuid: Snapshots.identity(c, m.number), received_from: m.received?.snapshot)
             }
             if json { return try printJSON(rows) }
             printTable(["ID", "TYPE", "TAG", "CREATED", "AGE", "PAUSE(ms)", "IMAGES", "FS EXCL"], rows.map { r in

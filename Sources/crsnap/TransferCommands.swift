@@ -184,3 +184,64 @@ func imported(_ r: TransferResult, _ verb: String) -> String {
         + (r.created_container == true ? " (new container, stopped: crsnap resume \(r.id.split(separator: "@")[0]))" : "")
         + ": \(sizes(r))"
 }
+
+struct MigrateCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "migrate",
+        abstract: "Move a running container to another store or host, with a short stop.",
+        discussion: """
+        DEST is a store path on this machine, or ssh://[user@]host[:port][/store]
+        (the remote default store without /store), where crsnap runs as root
+        (--remote-crsnap names it when it is not `crsnap` on the remote PATH;
+        --ssh-config passes a configuration file to ssh -F: keys, known hosts).
+        ssh runs with BatchMode (no password prompts) and one master connection
+        that all of migrate's commands share (no handshake inside the stop).
+
+        Steps: a snapshot while the container runs (tagged migrate), sent as
+        crsnap send does — incremental on the newest snapshot of this container
+        the destination already holds, else whole; then the short stop: take
+        --stop, send what changed since the first snapshot, `crsnap resume`
+        there; only when that succeeded is the container removed here (with
+        its snapshots). If anything fails before, the container runs here again
+        — resumed from its stop snapshot if it had been stopped — and what was
+        sent is removed from the destination (the whole container there when
+        migrate made it). The downtime, from the stop until it runs there, is
+        reported. TCP connections come back closed there (their peers are on
+        this side); with a network of its own, those inside the container stay.
+        A bridged container keeps its address when the destination's store can
+        give it. Containers with --volume cannot migrate yet.
+        """
+    )
+
+    @OptionGroup var storeOptions: StoreOptions
+    @Option(help: ArgumentHelp("A store path, or ssh://[user@]host[:port][/store].", valueName: "dest")) var to: String
+    @Option(help: ArgumentHelp("The crsnap program on the remote host (default: crsnap).", valueName: "path")) var remoteCrsnap: String?
+    @Option(help: ArgumentHelp("An ssh client configuration file, passed to ssh -F.", valueName: "file")) var sshConfig: String?
+    @Option(help: ArgumentHelp("zstd or none (default none): compress what is sent.", valueName: "how")) var compress: String = "none"
+    @Flag(help: "Print JSON: container, destination, first, second, first_parent, first_bytes, first_fs_bytes, second_bytes, second_fs_bytes, downtime_ms (stop_ms + second_send_ms + resume_ms), total_ms, ssh_shared_connection.") var json = false
+    @Argument(help: "Container name.") var name: String
+
+    func run() throws {
+        try reporting {
+            try Names.validate(name)
+            guard compress == "zstd" || compress == "none" else {
+                throw CrsnapError(.usage, "invalid --compress \"\(compress)\": expected zstd or none")
+            }
+            if let f = sshConfig, !FileManager.default.isReadableFile(atPath: f) {
+                throw CrsnapError(.usage, "invalid --ssh-config \(f): no such readable file")
+            }
+            let dest = try Destination(parsing: to, remoteCrsnap: remoteCrsnap, sshConfig: sshConfig)
+            if case .local = dest.place, remoteCrsnap != nil || sshConfig != nil {
+                throw CrsnapError(.usage, "--remote-crsnap and --ssh-config are for an ssh:// destination")
+            }
+            let store = try storeOptions.openExisting()
+            try Container(store: store, name: name).mustExist()
+            let r = try Migrate.migrate(store: store, name: name, to: dest, compress: compress == "zstd")
+            if json { return try printJSON(r) }
+            print("migrated \(r.container) to \(r.destination): downtime \(Int(r.downtime_ms.rounded())) ms; sent \(formatBytes(r.first_bytes))"
+                  + " (files \(formatBytes(r.first_fs_bytes))\(r.first_parent.map { " changed since \($0)" } ?? ""))"
+                  + " while it ran, then \(formatBytes(r.second_bytes)) (files \(formatBytes(r.second_fs_bytes)) changed)"
+                  + String(format: "; %.1f s in all", r.total_ms / 1000))
+        }
+    }
+}
