@@ -303,10 +303,12 @@ public enum Migrate {
         let receiver = try PipedProgram(try dest.argv(["receive"]), .writeToIt)
         defer { receiver.abort() }
         let result: TransferResult
+        let meter = TransferMeter("sending \(c.name)@\(n) to \(dest)")
+        defer { meter?.finish() }
         do {
             result = try Container.locked(store: c.store, name: c.name) { c in
                 try Transfer.write(c, n, parent: parent.map { SnapshotID(container: c.name, number: $0) },
-                                   into: FileSink(fd: receiver.fd, name: "crsnap receive on \(dest)"), compress: compress)
+                                   into: FileSink(fd: receiver.fd, name: "crsnap receive on \(dest)", meter: meter), compress: compress)
             }
             try receiver.finish()
         } catch {

@@ -109,7 +109,9 @@ public enum Transfer {
                 if partial != nil { Sys.close(fd) }
                 if let partial { try? Sys.unlink(partial) }
             }
-            var result = try write(c, id.number, parent: parent, into: FileSink(fd: fd, name: path ?? "standard output"),
+            let meter = TransferMeter(path == nil ? "sending \(id)" : "exporting \(id)")
+            defer { meter?.finish() }
+            var result = try write(c, id.number, parent: parent, into: FileSink(fd: fd, name: path ?? "standard output", meter: meter),
                                    compress: compress)
             if let path, let p = partial {
                 try Sys.fsync(fd, p)
@@ -206,7 +208,9 @@ public enum Transfer {
         defer { if path != nil { Sys.close(inFD) } }
         signal(SIGPIPE, SIG_IGN)
         sweepImports(store)
-        let input = FileSource(fd: inFD, name: path ?? "standard input")
+        let meter = TransferMeter(path == nil ? "receiving" : "importing \(path!)")
+        defer { meter?.finish() }
+        let input = FileSource(fd: inFD, name: path ?? "standard input", meter: meter)
         let what = path ?? "standard input"
         func damaged(_ e: Error) -> CrsnapError {
             CrsnapError(.failed, "import of \(what) refused: \(e); nothing was changed")

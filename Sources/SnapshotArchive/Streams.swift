@@ -51,10 +51,13 @@ public final class FileSink: ByteSink {
     public let fd: Int32
     public let name: String
     public private(set) var bytes: UInt64 = 0
+    /// Told the bytes written so far after each write (a progress meter).
+    public var onProgress: ((UInt64) -> Void)?
 
-    public init(fd: Int32, name: String) {
+    public init(fd: Int32, name: String, meter: TransferMeter? = nil) {
         self.fd = fd
         self.name = name
+        onProgress = meter.map { m in { m.update($0) } }
     }
 
     public func write(_ data: UnsafeRawBufferPointer) throws {
@@ -68,6 +71,7 @@ public final class FileSink: ByteSink {
             offset += n
         }
         bytes += UInt64(data.count)
+        onProgress?(bytes)
     }
 
     public func finish() throws {}
@@ -78,10 +82,13 @@ public final class FileSource: ByteSource {
     public let fd: Int32
     public let name: String
     public private(set) var bytes: UInt64 = 0
+    /// Told the bytes read so far after each read (a progress meter).
+    public var onProgress: ((UInt64) -> Void)?
 
-    public init(fd: Int32, name: String) {
+    public init(fd: Int32, name: String, meter: TransferMeter? = nil) {
         self.fd = fd
         self.name = name
+        onProgress = meter.map { m in { m.update($0) } }
     }
 
     public func read(into buffer: UnsafeMutableRawBufferPointer) throws -> Int {
@@ -89,6 +96,7 @@ public final class FileSource: ByteSource {
             let n = Glibc.read(fd, buffer.baseAddress, buffer.count)
             if n >= 0 {
                 bytes += UInt64(n)
+                onProgress?(bytes)
                 return n
             }
             if errno != EINTR { throw SystemError("read", name, errno: errno) }

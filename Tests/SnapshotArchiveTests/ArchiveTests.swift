@@ -154,4 +154,18 @@ final class ArchiveTests: XCTestCase {
         let (ok, said) = try run(["/usr/bin/sha256sum", "-c", "SHA256SUMS"])
         XCTAssertEqual(ok, 0, said)
     }
+
+    func testMeterLineAndItsTerminalRule() {
+        XCTAssertEqual(TransferMeter.line("sending web@5", bytes: 3 << 20, seconds: 2), "sending web@5: 3.0 MiB, 1.5 MiB/s")
+        XCTAssertEqual(TransferMeter.line("x", bytes: 100, seconds: 0), "x: 100 B, 0 B/s")
+        if isatty(2) == 0 { XCTAssertNil(TransferMeter("x"), "no meter when stderr is not a terminal") }
+        // A sink tells its meter the bytes so far.
+        var seen: [UInt64] = []
+        let sink = FileSink(fd: open("/dev/null", O_WRONLY), name: "null")
+        defer { close(sink.fd) }
+        sink.onProgress = { seen.append($0) }
+        XCTAssertNoThrow(try sink.write([1, 2, 3]))
+        XCTAssertNoThrow(try sink.write([4]))
+        XCTAssertEqual(seen, [3, 4])
+    }
 }
