@@ -35,9 +35,7 @@ struct ExportCommand: ParsableCommand {
     func run() throws {
         try reporting {
             let sid = try SnapshotID(parsing: id)
-            guard compress == "zstd" || compress == "none" else {
-                throw CrsnapError(.usage, "invalid --compress \"\(compress)\": expected zstd or none")
-            }
+            try checkCompress(compress)
             guard !output.isEmpty else { throw CrsnapError(.usage, "invalid -o \"\": give a file, or - for standard output") }
             if output == "-" && json { throw CrsnapError(.usage, "--json needs -o FILE: standard output carries the archive") }
             let store = try storeOptions.openExisting()
@@ -124,9 +122,7 @@ struct SendCommand: ParsableCommand {
         try reporting {
             let sid = try SnapshotID(parsing: id)
             let pid = try parent.map { try SnapshotID(parsing: $0) }
-            guard compress == "zstd" || compress == "none" else {
-                throw CrsnapError(.usage, "invalid --compress \"\(compress)\": expected zstd or none")
-            }
+            try checkCompress(compress)
             let store = try storeOptions.openExisting()
             let r = try Transfer.export(store: store, id: sid, parent: pid, to: nil, compress: compress == "zstd")
             if json {
@@ -224,9 +220,7 @@ struct MigrateCommand: ParsableCommand {
     func run() throws {
         try reporting {
             try Names.validate(name)
-            guard compress == "zstd" || compress == "none" else {
-                throw CrsnapError(.usage, "invalid --compress \"\(compress)\": expected zstd or none")
-            }
+            try checkCompress(compress)
             if let f = sshConfig, !FileManager.default.isReadableFile(atPath: f) {
                 throw CrsnapError(.usage, "invalid --ssh-config \(f): no such readable file")
             }
@@ -243,5 +237,12 @@ struct MigrateCommand: ParsableCommand {
                   + " while it ran, then \(formatBytes(r.second_bytes)) (files \(formatBytes(r.second_fs_bytes)) changed)"
                   + String(format: "; %.1f s in all", r.total_ms / 1000))
         }
+    }
+}
+
+/// `--compress`: zstd or none.
+func checkCompress(_ value: String) throws {
+    guard value == "zstd" || value == "none" else {
+        throw CrsnapError(.usage, "invalid --compress \"\(value)\": expected zstd or none")
     }
 }

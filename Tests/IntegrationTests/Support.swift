@@ -46,6 +46,18 @@ enum Env {
         return ((cap.flatMap { UInt64($0, radix: 16) } ?? 0) >> 24) & 1 == 1
     }
 
+    /// The second test store, on a btrfs filesystem of its own (Scripts/testenv).
+    static var store2: String { ProcessInfo.processInfo.environment["CRSNAP_TEST_STORE2"] ?? "" }
+
+    /// `require`, and the second store: for moving snapshots between two.
+    static func requireTwoStores() throws {
+        try require()
+        guard !store2.isEmpty, Btrfs.isBtrfs(store2) else {
+            XCTFail("CRSNAP_TEST_STORE2 (a second btrfs test store) is not set up: run through Scripts/testenv")
+            throw XCTSkip("no second store")
+        }
+    }
+
     static func require() throws {
         guard let why = missing() else { return }
         let message = "INTEGRATION TESTS NOT RUN: \(why)"

@@ -11,14 +11,10 @@ import Glibc
 final class TransferTests: XCTestCase {
     var started: [(name: String, store: String)] = []
     var files: [String] = []
-    var store2: String { ProcessInfo.processInfo.environment["CRSNAP_TEST_STORE2"] ?? "" }
+    var store2: String { Env.store2 }
 
     override func setUpWithError() throws {
-        try Env.require()
-        guard !store2.isEmpty, Btrfs.isBtrfs(store2) else {
-            XCTFail("CRSNAP_TEST_STORE2 (a second btrfs test store) is not set up: run through Scripts/testenv")
-            throw XCTSkip("no second store")
-        }
+        try Env.requireTwoStores()
         var a = stat(), b = stat()
         XCTAssertEqual(stat(Env.store!, &a), 0)
         XCTAssertEqual(stat(store2, &b), 0)
