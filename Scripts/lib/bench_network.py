@@ -25,7 +25,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_pause import (REDIS, Reply, call, client, command, connect, fmt, med, now_ns,  # noqa: E402
-                         remove_containers, run_and_record, stop_clients)
+                         kill_clients, remove_containers, run_and_record, stop_clients)
 
 MODES = ("host", "bridge")
 
@@ -141,9 +141,7 @@ class Bench:
         return rows, paths
 
     def cleanup(self):
-        for proc, _ in self.clients.values():
-            proc.kill()
-            proc.wait()
+        kill_clients(self.clients)
         remove_containers(self.crsnap, self.started, "bench-network")
 
 

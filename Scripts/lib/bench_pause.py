@@ -158,6 +158,13 @@ def stop_clients(clients):
     return paths
 
 
+def kill_clients(clients):
+    """Ends the clients at once, after a failure (their samples are not needed)."""
+    for proc, _ in clients.values():
+        proc.kill()
+        proc.wait()
+
+
 def run_and_record(bench, me, key, fields, csv_path):
     """Runs `bench` (its run() gives rows and the clients' sample files,
     cleanup() always follows, SIGTERM and SIGINT stop it), matches each
@@ -390,9 +397,7 @@ class Bench:
         return rows, paths
 
     def cleanup(self):
-        for proc, _ in self.clients.values():
-            proc.kill()
-            proc.wait()
+        kill_clients(self.clients)
         remove_containers(self.crsnap, self.started, "bench-pause")
         scratch = "%s/bench-pause-scratch-%d" % (self.a.store_root, os.getpid())
         if os.path.isdir(scratch):

@@ -191,9 +191,6 @@ public enum Migrate {
     /// `compress`: zstd on the wire (worth it over a slow link).
     public static func migrate(store: Store, name: String, to destination: Destination, compress: Bool = false) throws -> MigrateResult {
         let started = DispatchTime.now()
-        var dest = destination
-        dest.openConnection()
-        defer { dest.closeConnection() }
         signal(SIGPIPE, SIG_IGN)
         let c = try Container(store: store, name: name)
         let config = try c.config()
@@ -201,9 +198,12 @@ public enum Migrate {
         if !(config.volumes ?? []).isEmpty {
             throw CrsnapError(.usage, "container \"\(name)\" has volumes (--volume), which migrate cannot carry yet; nothing was changed")
         }
-        if case let .local(path) = dest.place, (try? Store.openExisting(path))?.id == store.id {
-            throw CrsnapError(.usage, "invalid --to \(dest): it is the container's own store")
+        if case let .local(path) = destination.place, (try? Store.openExisting(path))?.id == store.id {
+            throw CrsnapError(.usage, "invalid --to \(destination): it is the container's own store")
         }
+        var dest = destination
+        dest.openConnection()
+        defer { dest.closeConnection() }
 
         // What the destination holds of this container.
         let probe = try dest.run(["ps", "--json"])
@@ -214,18 +214,20 @@ public enum Migrate {
         if let state = there?["state"] as? String, state == "running" {
             throw CrsnapError(.conflict, "container \"\(name)\" is running on \(dest); nothing was changed")
         }
-        var held: [String: String] = [:]  // identity → id there
+        var held: Set<String> = []  // the identities of its snapshots there
         if there != nil {
             let listed = try dest.mustRun(["list", name, "--json"], doing: "listing \(name)'s snapshots")
             for row in (try? JSONSerialization.jsonObject(with: Data(listed.utf8)) as? [[String: Any]]) ?? [] {
-                if let u = row["fs_uuid"] as? String, let id = row["id"] as? String { held[u] = id }
+                if let u = row["fs_uuid"] as? String { held.insert(u) }
             }
         }
         let created = there == nil
         var sentThere: [String] = []
         func cleanDestination() -> String {
-            let r = created ? try? dest.run(["rm", "--force", name]) : nil
-            if created { return r?.status == 0 ? "\(name) removed from \(dest)" : "removing \(name) from \(dest) failed: \(r?.err ?? "?")" }
+            if created {
+                let r = try? dest.run(["rm", "--force", name])
+                return r?.status == 0 ? "\(name) removed from \(dest)" : "removing \(name) from \(dest) failed: \(r?.err ?? "?")"
+            }
             var failed: [String] = []
             for id in sentThere.reversed() where (try? dest.run(["delete", id]))?.status != 0 { failed.append(id) }
             return failed.isEmpty ? "what was sent removed from \(dest)" : "deleting \(failed.joined(separator: ", ")) on \(dest) failed"
@@ -234,7 +236,7 @@ public enum Migrate {
         // 1. While it runs: a snapshot, sent against what the destination has.
         let first = try Take.take(store: store, name: name, TakeOptions(tag: "migrate")).number
         let parent = c.snapshotNumbers().filter { $0 != first }.reversed()
-            .first { n in Snapshots.identity(c, n).map { held[$0] != nil } ?? false }
+            .first { n in Snapshots.identity(c, n).map(held.contains) ?? false }
         let one: TransferResult
         do {
             one = try send(c, first, parent: parent, to: dest, compress: compress)

@@ -164,8 +164,7 @@ public enum Transfer {
         try writer.add(name: "manifest.json", data: try encode(m))
         for (sub, counter) in [("images", \TransferResult.images_bytes), ("unlinked", \TransferResult.unlinked_bytes)] {
             for name in regularFiles("\(dir)/\(sub)") {
-                try writer.add(name: "\(sub)/\(name)", file: "\(dir)/\(sub)/\(name)")
-                result[keyPath: counter] += UInt64((try? Sys.fileStatus("\(dir)/\(sub)/\(name)").st_size) ?? 0)
+                result[keyPath: counter] += try writer.add(name: "\(sub)/\(name)", file: "\(dir)/\(sub)/\(name)")
             }
         }
         let send = try BtrfsStream.send(fs, parent: parentFS)
@@ -271,7 +270,6 @@ public enum Transfer {
         var config: ContainerConfig?
         var manifest: Manifest?
         var receive: PipedProgram?
-        var receiveSink: FileSink?
         var receiveFailed: Error?
         var nextChunk = 0
         defer { receive?.abort() }
@@ -300,14 +298,12 @@ public enum Transfer {
                     if chunk.index == 1 { try Faults.check("import.receiving") }
                     if receive == nil && receiveFailed == nil {
                         guard config != nil, manifest != nil else { throw Malformed("\(h.name) comes before config.json and manifest.json") }
-                        let r = try BtrfsStream.receive(into: snap)
-                        receive = r
-                        receiveSink = FileSink(fd: r.fd, name: "btrfs receive")
+                        receive = try BtrfsStream.receive(into: snap)
                     }
                     // A receive that failed is not fed any more; the rest of
                     // the archive is still read, to name a damaged entry.
-                    if receiveFailed == nil, let sink = receiveSink {
-                        do { try copy(reader, to: sink) } catch { receiveFailed = error }
+                    if receiveFailed == nil, let r = receive {
+                        do { try copy(reader, to: FileSink(fd: r.fd, name: "btrfs receive")) } catch { receiveFailed = error }
                     }
                     result.fs_bytes += h.size
                 } else {
@@ -321,7 +317,7 @@ public enum Transfer {
         }
         // Every entry matched SHA256SUMS.
         guard let config, let manifest else { throw damaged(ArchiveError("it lacks config.json or manifest.json")) }
-        guard nextChunk > 0, let receive else { throw damaged(ArchiveError("it lacks the filesystem stream \(ArchiveHeader.fsStream).000000")) }
+        guard let receive else { throw damaged(ArchiveError("it lacks the filesystem stream \(ArchiveHeader.fsStream).000000")) }
         do {
             if let receiveFailed { throw receiveFailed }
             try receive.finish()

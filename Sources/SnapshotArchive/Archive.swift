@@ -54,8 +54,9 @@ public final class ArchiveWriter {
         sums.append((name, try hash.hex()))
     }
 
-    /// The file at `path` as entry `name`, with its permission bits.
-    public func add(name: String, file path: String) throws {
+    /// The file at `path` as entry `name`, with its permission bits; its size.
+    @discardableResult
+    public func add(name: String, file path: String) throws -> UInt64 {
         let fd = try Sys.open(path, O_RDONLY | O_CLOEXEC)
         defer { Sys.close(fd) }
         var st = stat()
@@ -65,6 +66,7 @@ public final class ArchiveWriter {
         try tar.add(Tar.Header(name: name, size: UInt64(st.st_size), mode: UInt32(st.st_mode & 0o7777), mtime: mtime),
                     content: { try $0.withUnsafeBytes { try hash.update($0) } }, from: FileSource(fd: fd, name: path))
         sums.append((name, try hash.hex()))
+        return UInt64(st.st_size)
     }
 
     /// Everything `source` gives, as chunks NAME.000000, ...; the bytes and

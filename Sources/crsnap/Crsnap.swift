@@ -71,10 +71,15 @@ func confirmRestart(_ what: String) -> Bool {
 }
 
 func printJSON<T: Encodable>(_ value: T) throws {
+    print(String(decoding: try jsonData(value), as: UTF8.self))
+}
+
+/// The JSON every command prints: indented, keys sorted, dates ISO 8601.
+func jsonData<T: Encodable>(_ value: T) throws -> Data {
     let e = JSONEncoder()
     e.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
     e.dateEncodingStrategy = .iso8601
-    print(String(decoding: try e.encode(value), as: UTF8.self))
+    return try e.encode(value)
 }
 
 /// Prints rows as aligned columns.

@@ -126,9 +126,7 @@ struct SendCommand: ParsableCommand {
             let store = try storeOptions.openExisting()
             let r = try Transfer.export(store: store, id: sid, parent: pid, to: nil, compress: compress == "zstd")
             if json {
-                let e = JSONEncoder()
-                e.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
-                FileHandle.standardError.write(try e.encode(r) + Data("\n".utf8))
+                FileHandle.standardError.write(try jsonData(r) + Data("\n".utf8))
             } else {
                 FileHandle.standardError.write(Data("sent \(r.id)\(r.parent.map { " (incremental on \($0))" } ?? ""): \(sizes(r))\n".utf8))
             }
