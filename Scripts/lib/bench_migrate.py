@@ -18,6 +18,7 @@ to holds nothing of it; the second incremental on the first).
 """
 
 import argparse
+import csv
 import json
 import os
 import subprocess
@@ -75,7 +76,7 @@ class Bench:
         self.crsnap("resume", self.name)
         t1 = now_ns()
         self.crsnap("delete", taken["id"])
-        return dict(kind="stop-resume", round=rnd, start_ns=t0, end_ns=t1, expect="moved", wall_ms=(t1 - t0) / 1e6,
+        return dict(kind="stop-resume", round=rnd, start_ns=t0, end_ns=t1, wall_ms=(t1 - t0) / 1e6,
                     pause_ms=taken["stats"].get("pause_ms"))
 
     def op_migrate(self, rnd):
@@ -87,7 +88,7 @@ class Bench:
         # Its snapshots there are not needed again: the next move starts whole.
         for sid in (d["first"], d["second"]):
             self.crsnap("delete", sid)
-        row = dict(kind="migrate", round=rnd, start_ns=t0, end_ns=t1, expect="moved", wall_ms=(t1 - t0) / 1e6)
+        row = dict(kind="migrate", round=rnd, start_ns=t0, end_ns=t1, wall_ms=(t1 - t0) / 1e6)
         for k in ("downtime_ms", "stop_ms", "second_send_ms", "resume_ms", "total_ms", "first_bytes", "first_fs_bytes",
                   "second_bytes", "second_fs_bytes"):
             row[k] = d[k]
@@ -118,23 +119,27 @@ def report(rows, a):
     def col(kind, key):
         return [r.get(key) for r in rows if r["kind"] == kind]
     print("\nbench-migrate: redis with %d MiB, %d rounds, medians (min-max)" % (a.size, a.rounds))
-    print("%-34s %14s %14s %8s" % ("", "stop+resume", "migrate", "ratio"))
+    print("%-34s %18s %18s %8s" % ("", "stop+resume", "migrate", "ratio"))
+
+    def spread(xs):
+        xs = [x for x in xs if x is not None]
+        return "%.0f (%.0f-%.0f)" % (med(xs), min(xs), max(xs)) if xs else "-"
 
     def line(label, key_a, key_b=None):
         xa, xb = col("stop-resume", key_a), col("migrate", key_b or key_a)
         ma, mb = med(xa), med(xb)
         ratio = "%.2fx" % (mb / ma) if ma and mb else "-"
-        print("%-34s %14s %14s %8s" % (label, fmt(ma, "%.0f ms"), fmt(mb, "%.0f ms"), ratio))
+        print("%-34s %18s %18s %8s" % (label + " (ms)", spread(xa), spread(xb), ratio))
     line("client's outage", "outage_ms")
     line("client's longest wait", "longest_wait_ms")
     line("command wall time", "wall_ms")
     line("crsnap's downtime (migrate)", "wall_ms", "downtime_ms")
     for key in ("stop_ms", "second_send_ms", "resume_ms"):
-        print("%-34s %14s %14s" % ("  of which " + key, "", fmt(med(col("migrate", key)), "%.0f ms")))
+        print("%-34s %18s %18s" % ("  of which " + key, "", spread(col("migrate", key))))
     mib = 1 << 20
     for key, label in (("first_fs_bytes", "files sent whole (first send)"), ("second_fs_bytes", "files sent incremental (second)"),
                        ("first_bytes", "archive, first send"), ("second_bytes", "archive, second send")):
-        print("%-34s %14s %14s" % (label, "", fmt(med([x / mib for x in col("migrate", key) if x is not None]), "%.2f MiB")))
+        print("%-34s %18s %18s" % (label, "", fmt(med([x / mib for x in col("migrate", key) if x is not None]), "%.2f MiB")))
 
 
 def main():
@@ -147,11 +152,18 @@ def main():
     for k in ("--rounds", "--size", "--port"):
         p.add_argument(k, type=int, required=True)
     a = p.parse_args()
-    fields = ["kind", "round", "start_ns", "end_ns", "requests", "longest_wait_ms", "correct_after_ms", "outage_ms", "wall_ms",
+    fields = ["kind", "round", "start_ns", "end_ns", "requests", "longest_wait_ms", "outage_ms", "wall_ms",
               "pause_ms", "downtime_ms", "stop_ms", "second_send_ms", "resume_ms", "total_ms", "first_bytes",
               "first_fs_bytes", "second_bytes", "second_fs_bytes"]
     rows = run_and_record(Bench(a), "bench-migrate", "case", fields, a.csv)
     report(rows, a)
+    # Every answer, before and after each move, is the data the server had.
+    with open(os.path.join(a.outdir, "bench-migrate-client.csv")) as f:
+        answers = list(csv.DictReader(f))
+    wrong = [r for r in answers if r["value"] != "moved"]
+    print("%-34s %18s" % ("client's answers (wrong)", "%d (%d)" % (len(answers), len(wrong))))
+    if wrong:
+        raise SystemExit("bench-migrate: %d answers were not the server's data, the first: %r" % (len(wrong), wrong[0]))
 
 
 if __name__ == "__main__":

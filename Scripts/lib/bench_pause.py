@@ -447,7 +447,9 @@ def client_figures(row, samples):
     requests in it, and (rollback, restore) the time from the start until the
     first answer with the snapshot's value and the outage that answer ended:
     the time since the answer before it (the server was stopped in between;
-    a rollback's pre-rollback snapshot pauses it earlier, a shorter gap)."""
+    a rollback's pre-rollback snapshot pauses it earlier, a shorter gap).
+    Without a value to wait for (`expect`), the outage is the longest time
+    without an answer that overlaps the window."""
     t0, t1 = row["start_ns"], row["end_ns"]
     waits = [(a - s) / 1e6 for s, a, _, _ in samples if a >= t0 and s <= t1]
     row["longest_wait_ms"] = max(waits) if waits else None
@@ -462,6 +464,13 @@ def client_figures(row, samples):
             row["longest_wait_ms"] = max(waits)
             before = [a for _, a, _, _ in samples if a < first]
             row["outage_ms"] = (first - max(before)) / 1e6 if before else None
+    else:
+        # Nothing tells the answers before from those after (a service that
+        # moved with its data): the outage is the longest time without an
+        # answer that overlaps the window.
+        answers = sorted(a for _, a, _, _ in samples)
+        gaps = [b - a for a, b in zip(answers, answers[1:]) if b >= t0 and a <= t1]
+        row["outage_ms"] = max(gaps) / 1e6 if gaps else None
 
 
 def med(xs):

@@ -252,6 +252,11 @@ public enum Migrate {
         let stopAt = DispatchTime.now()
         var stopOptions = TakeOptions(tag: "migrate")
         stopOptions.stop = true
+        // In the host's network its connections end here, their peers told
+        // at once: they come back closed there (below). Saved, they would
+        // end silently, and a client waiting for an answer would wait for
+        // its own timeout.
+        stopOptions.closeConnections = !config.networkMode.ownNamespace
         let second: Int
         do {
             second = try Take.take(store: store, name: name, stopOptions).number
@@ -279,7 +284,7 @@ public enum Migrate {
             let cleaned = cleanDestination()
             let back: String
             do {
-                _ = try Rollback.resume(store: store, name: name, tcp: .restore)
+                _ = try Rollback.resume(store: store, name: name)
                 for n in [second, first] { try? Snapshots.delete(store: store, id: SnapshotID(container: name, number: n)) }
                 back = "the container runs here again, from \(name)@\(second)"
             } catch let resumeError {

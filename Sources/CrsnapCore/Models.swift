@@ -207,6 +207,10 @@ public struct Manifest: Codable, Equatable {
     public var pair: Int?
     /// The tasks were stopped by this take (`take --stop`, rollback's own snapshot).
     public var stopped: Bool?
+    /// Its TCP connections were not saved: they ended with the tasks (a
+    /// migrate's stop, `TakeOptions.closeConnections`), and every restore
+    /// brings them back closed.
+    public var tcp_closed: Bool?
     /// The container's volumes at the time; `snapshotted` ones are in volumes/KEY.
     public var volumes: [Volume]?
 

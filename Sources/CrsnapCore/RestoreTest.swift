@@ -209,7 +209,7 @@ public enum RestoreTest {
             }
             // In the host's network the connections' peers moved on; a
             // network namespace of the container's own comes back whole.
-            req.closeTCP = !config.networkMode.ownNamespace
+            req.closeTCP = !config.networkMode.ownNamespace || m.tcp_closed == true
             req.networkLock = config.networkMode.ownNamespace
             req.workDir = work  // CRIU's log goes here, not into the snapshot
             let handler = Unlinked.postRestore(root: root)

@@ -49,6 +49,10 @@ public enum TCPRestore: String, CaseIterable, Sendable {
         ownNetwork ? .closeOutside : killed ? .close : .restore
     }
 
+    /// What a snapshot can give: one whose connections were not saved
+    /// (`Manifest.tcp_closed`) restores them closed, whatever was asked.
+    func respecting(_ m: Manifest) -> TCPRestore { m.tcp_closed == true ? .close : self }
+
     /// The word of the monitor's restore request.
     var word: String {
         switch self {
@@ -419,7 +423,7 @@ public enum Rollback {
         let fsMs = milliseconds(since: t)
         try fault("rollback.restore")
         // A files-only snapshot: the command starts afresh on its files.
-        let choice = tcp ?? .automatic(killed: killed, ownNetwork: config.networkMode.ownNamespace)
+        let choice = (tcp ?? .automatic(killed: killed, ownNetwork: config.networkMode.ownNamespace)).respecting(m)
         let request = m.isFilesOnly ? "launch\n\(m.id)" : restoreRequest(c, n, m, lazy: lazy, tcp: choice)
         let reply = try MonitorChannel.request(dir: c.dir, request, afterSend: { try fault("rollback.restoring") })
         guard var restored = Restored(reply: reply) else {
@@ -463,7 +467,7 @@ public enum BareRestore {
             let t = DispatchTime.now()
             try c.cgroup().killAll()
             let killMs = milliseconds(since: t)
-            let tcp = TCPRestore.automatic(killed: true, ownNetwork: try c.config().networkMode.ownNamespace)
+            let tcp = TCPRestore.automatic(killed: true, ownNetwork: try c.config().networkMode.ownNamespace).respecting(m)
             let reply = try MonitorChannel.request(dir: c.dir, Rollback.restoreRequest(c, id.number, m, lazy: false, tcp: tcp))
             guard var restored = Restored(reply: reply) else {
                 _ = try? MonitorChannel.request(dir: c.dir, "release")

@@ -95,6 +95,12 @@ public struct TakeOptions {
     public var filesOnly = false
     /// When the checkpoint fails, take a files-only snapshot instead.
     public var fallbackFilesOnly = false
+    /// With `stop`: the TCP connections are not saved but end as the tasks
+    /// do, their peers told at once (a FIN or a reset); the snapshot
+    /// restores them closed (`Manifest.tcp_closed`). For a stop after which
+    /// the service comes back elsewhere (migrate), where the peers must
+    /// reconnect anyway.
+    public var closeConnections = false
 
     public init(tag: String? = nil, role: SnapshotRole = .single, pair: Int? = nil, stop: Bool = false,
                 freezeTimeout: Double = TakeOptions.defaultFreezeTimeout) {
@@ -167,6 +173,7 @@ public enum Take {
         steps.filesOnly = filesOnly
         steps.preflightWarnings = preflight?.warnings.map(\.description) ?? []
         steps.leaveRunning = !o.stop
+        steps.closeTCP = o.stop && o.closeConnections && !filesOnly
         steps.freezeTimeout = o.freezeTimeout
         steps.stage = o.stage
         steps.tmpfs = config.tmpfs ?? []
@@ -182,6 +189,7 @@ public enum Take {
                 m.role = o.role
                 m.pair = o.pair
                 m.stopped = o.stop ? true : nil
+                m.tcp_closed = steps.closeTCP ? true : nil
                 m.volumes = config.volumes
                 m.tmpfs = config.tmpfs
                 m.stats.preflight_ms = preflight?.preflight_ms
@@ -334,6 +342,8 @@ final class RealTakeSteps: TakeSteps, CriuNotifyHandler {
     var preDump: (() throws -> Void)?
     var postDump: (() throws -> Void)?
     var leaveRunning = true
+    /// See `TakeOptions.closeConnections`.
+    var closeTCP = false
     var volumes: [Volume] = []
     var kind = RootKind.overlay
     /// Found before the dump, declared external, captured in post-dump.
@@ -381,6 +391,7 @@ final class RealTakeSteps: TakeSteps, CriuNotifyHandler {
         }
         var req = DumpRequest(pid: initPid, imagesDir: imagesDir, freezeCgroup: cgroup)
         req.leaveRunning = leaveRunning
+        req.closeTCP = closeTCP
         // No network lock, even on a namespace of the container's own: it
         // drops what clients send during the dump, and they wait out a
         // retransmission (Scripts/bench-network saw 200 ms and more); what

@@ -21,6 +21,14 @@ public struct DumpRequest {
     /// CRIU's network lock (nftables) for the dump; refused for a tree in
     /// crsnap's own network namespace (see `Safety.networkLockRefusal`).
     public var networkLock = false
+    /// Leave established TCP connections out of the images (CRIU's
+    /// tcp_close): they are not put in repair mode, so when the dump ends the
+    /// tasks (leaveRunning false) the kernel closes them as for any dying
+    /// process and their peers see a FIN or a reset at once. Saved in repair
+    /// mode they would end silently, and a peer waiting for an answer would
+    /// wait for as long as it allows. A restore of these images must close
+    /// them too (`RestoreRequest.closeTCP`).
+    public var closeTCP = false
 
     public init(pid: Int32, imagesDir: String, freezeCgroup: FreezerCgroup?) {
         self.pid = pid
@@ -118,6 +126,7 @@ public struct Checkpointer {
         o.notifyScripts = r.notify
         o.ghostLimit = r.ghostLimit
         o.external = r.external
+        if r.closeTCP { o.tcpClose = true }
         if let cg = r.freezeCgroup {
             try cg.checkFreezable()
             o.freezeCgroup = cg.path

@@ -46,7 +46,7 @@ struct RollbackCommand: ParsableCommand {
     var lazy = false
     @Flag(help: "Agree that rolling back to a files-only snapshot restarts the container's command (asked on a terminal; needed in scripts).")
     var yes = false
-    @Option(help: ArgumentHelp("What the restored processes' TCP connections come back as: close (all shut down; their peers reconnect) or restore (all established, as in the snapshot). Default: with a network of its own, established between its own sockets and aborted to peers outside (close-outside); in the host's network, close when the rollback stopped the processes, else restore.", valueName: "close|restore"))
+    @Option(help: ArgumentHelp("What the restored processes' TCP connections come back as: close (all shut down; their peers reconnect) or restore (all established, as in the snapshot). Default: with a network of its own, established between its own sockets and aborted to peers outside (close-outside); in the host's network, close when the rollback stopped the processes, else restore. A snapshot that saved no connections (a migrate's stop) restores them closed.", valueName: "close|restore"))
     var tcp: String?
     @Flag(help: "Print JSON: id, pid, pre_rollback, restarted (the command was started afresh: a files-only snapshot), tcp (close, restore or close-outside), stats (total_ms; pre_rollback_ms, the snapshot of the state replaced; flush_ms, writing the store's dirty data back while the tasks still run; kill_ms, stopping the tasks; fs_ms, the snapshot's files put in place (keep_ms of it copying run --keep paths); restore_ms, CRIU's restore; lazy_pages_ms, with --lazy the time the tasks ran before all their memory was back; locks_checked, locks_repaired, lock_repair_ms).") var json = false
     @Argument(help: ArgumentHelp("Snapshot id NAME@N (with --undo: the container NAME).", valueName: "target"))
@@ -87,7 +87,7 @@ struct ResumeCommand: ParsableCommand {
     var lazy = false
     @Flag(help: "Agree that resuming from a files-only snapshot starts the container's command afresh (asked on a terminal; needed in scripts).")
     var yes = false
-    @Option(help: ArgumentHelp("What the restored processes' TCP connections come back as: close or restore, as rollback --tcp. Default: with a network of its own, close-outside as for rollback; in the host's network, restore (CRIU closed them silently when it stopped the container).", valueName: "close|restore"))
+    @Option(help: ArgumentHelp("What the restored processes' TCP connections come back as: close or restore, as rollback --tcp. Default: with a network of its own, close-outside as for rollback; in the host's network, restore (CRIU closed them silently when it stopped the container). A snapshot that saved no connections (a migrate's stop) restores them closed.", valueName: "close|restore"))
     var tcp: String?
     @Argument(help: "Container name.") var name: String
 

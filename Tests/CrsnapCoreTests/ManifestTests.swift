@@ -63,6 +63,14 @@ final class ManifestTests: XCTestCase {
         XCTAssertEqual(obj.count, 10)
     }
 
+    func testASnapshotWithoutItsConnectionsRestoresThemClosedWhateverWasAsked() throws {
+        var m = Self.sample()
+        for t in TCPRestore.allCases { XCTAssertEqual(t.respecting(m), t, "connections saved: \(t) as asked") }
+        m.tcp_closed = true
+        XCTAssertEqual(try jsonObject(m)["tcp_closed"] as? Bool, true)
+        for t in TCPRestore.allCases { XCTAssertEqual(t.respecting(m), .close, "connections not saved: \(t) becomes close") }
+    }
+
     func testRoundTripThroughAFile() throws {
         let dir = try TempDir()
         let path = "\(dir.path)/manifest.json"

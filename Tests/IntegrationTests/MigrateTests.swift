@@ -59,6 +59,16 @@ final class MigrateTests: XCTestCase {
         return String(decoding: buf[..<n], as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
     }
 
+    /// How a connection whose peer went away ends: "eof", "reset", or
+    /// "timeout" when nothing came within its receive timeout (5 s).
+    func ending(_ fd: Int32) -> String {
+        var buf = [UInt8](repeating: 0, count: 256)
+        let n = recv(fd, &buf, buf.count, 0)
+        if n == 0 { return "eof" }
+        if n > 0 { return "data: \(String(decoding: buf[..<n], as: UTF8.self))" }
+        return errno == ECONNRESET ? "reset" : errno == EAGAIN ? "timeout" : "error \(errno)"
+    }
+
     func names(_ store: String) throws -> [String] {
         jsonObjects(try crsnap(["ps", "--json"], store: store).stdout).compactMap { $0["name"] as? String }
     }
@@ -70,6 +80,14 @@ final class MigrateTests: XCTestCase {
         try crsnapOK(["exec", name, "--", "/usr/bin/python3", "-c", "import os; open('/var/tmp/big', 'wb').write(os.urandom(16 << 20))"])
         let client = try connect("127.0.0.1", port)
         defer { close(client) }
+        // A client waiting for an answer that only the server would send:
+        // its request was read, so nothing of it is left to retransmit.
+        let waiting = try connect("127.0.0.1", port)
+        defer { close(waiting) }
+        let blpop = Array("BLPOP never-pushed 0\r\n".utf8)
+        XCTAssertEqual(send(waiting, blpop, blpop.count, Int32(MSG_NOSIGNAL)), blpop.count)
+        XCTAssertTrue(waitFor(10) { (try? self.redis("127.0.0.1", port, "INFO", "clients"))?.contains("blocked_clients:1") == true },
+                      "the BLPOP client is blocked")
 
         let r = try crsnap(["migrate", name, "--to", store2, "--json"])
         XCTAssertEqual(r.status, 0, r.stderr)
@@ -82,6 +100,9 @@ final class MigrateTests: XCTestCase {
         XCTAssertLessThan(bytes("second_fs_bytes") * 10, bytes("first_fs_bytes"), "the stop sends only what changed: \(out)")
         print("migrate: downtime \(downtime) ms, sent \(bytes("first_bytes")) then \(bytes("second_bytes")) bytes")
 
+        // The waiting client was told: its connection ended as the server
+        // stopped here (restored closed there, it would never hear of it).
+        XCTAssertTrue(["eof", "reset"].contains(ending(waiting)), "the blocked client learns its connection ended")
         // The held connection ended; a new one finds the data there.
         XCTAssertNotEqual(ask(client, "PING"), "+PONG", "the old connection does not survive the move")
         XCTAssertEqual(try redis("127.0.0.1", port, "GET", "moved"), "yes")
@@ -91,6 +112,13 @@ final class MigrateTests: XCTestCase {
         XCTAssertEqual(row?["state"] as? String, "running")
         let ids = jsonObjects(try crsnap(["list", name, "--json"], store: store2).stdout).compactMap { $0["id"] as? String }
         XCTAssertEqual(ids, [out["first"] as? String, out["second"] as? String].compactMap { $0 })
+
+        // The stop snapshot holds no connections: asked to restore them, a
+        // rollback to it brings them back closed, and the server answers.
+        let back = try crsnap(["rollback", ids.last ?? "", "--tcp", "restore", "--json"], store: store2)
+        XCTAssertEqual(back.status, 0, back.stderr)
+        XCTAssertEqual(jsonObject(back.stdout)["tcp"] as? String, "close")
+        XCTAssertEqual(try redis("127.0.0.1", port, "GET", "moved"), "yes")
     }
 
     func testAFailedMigrateLeavesTheContainerRunningHereAndNothingThere() throws {
