@@ -1,5 +1,6 @@
 import FSSnapshot
 import Foundation
+import ProcessCR
 
 /// `crsnap show ID`: what a snapshot captured, read from its manifest.
 public enum Show {
@@ -45,6 +46,11 @@ public enum Show {
         /// Files only: no processes (a rollback to it restarts the command).
         public var fs_only: Bool
         public var criu_version: String?
+        /// The processes in the CRIU images, parents first (pids inside the
+        /// container's pid namespace); empty for a files-only snapshot.
+        public var processes: [CheckpointedProcess]
+        /// Why the processes could not be read from the images (damaged).
+        public var processes_error: String?
         public var filesystems: [Filesystem]
         public var unlinked: [UnlinkedFile]
         public var tmpfs: [Tmpfs]
@@ -81,6 +87,10 @@ public enum Show {
                                       snapshot: m.kind == .overlay ? "\(fs)/upper" : fs, captured: how,
                                       read_only: caps.contains(.readOnlySnapshots) ? (try? Btrfs.isReadOnly(fs)) : nil)]
         if m.kind == .overlay { filesystems[0].holds += " (lower: the host's /, read-only)" }
+        var processes: [CheckpointedProcess] = [], processesError: String?
+        if !m.isFilesOnly {
+            do { processes = try ProcessTreeImage.read(imagesDir: "\(dir)/images") } catch { processesError = "\(error)" }
+        }
         let live = c.liveness
         let usage = Snapshots.filesystemBytes(c, id.number)
         let volumes = (m.volumes ?? []).map { v in
@@ -89,7 +99,8 @@ public enum Show {
         }
         return Description(
             id: m.id, container: m.container, tag: m.tag, type: m.snapshotRole.rawValue, created: m.created,
-            stopped: m.stopped ?? false, fs_only: m.isFilesOnly, criu_version: m.criu_version, filesystems: filesystems,
+            stopped: m.stopped ?? false, fs_only: m.isFilesOnly, criu_version: m.criu_version,
+            processes: processes, processes_error: processesError, filesystems: filesystems,
             unlinked: (m.unlinked ?? []).map {
                 UnlinkedFile(path: $0.path, size: $0.size, captured: $0.captured.rawValue, held: $0.held, mapped: $0.mapped)
             },

@@ -45,6 +45,22 @@ struct ArchiveHeader: Codable, Equatable {
     }
 }
 
+/// The layouts `export` writes.
+public enum ArchiveFormat: String, CaseIterable, Sendable {
+    /// crsnap's own: both halves and their checksums, what `import` reads.
+    case crsnap
+    /// The layout of Podman's, CRI-O's and the kubelet's checkpoint archives,
+    /// which checkpointctl reads (`CheckpointArchive`); export only.
+    case checkpointArchive = "checkpoint-archive"
+
+    public init(parsing text: String) throws {
+        guard let f = ArchiveFormat(rawValue: text) else {
+            throw CrsnapError(.usage, "invalid --format \"\(text)\": expected \(ArchiveFormat.allCases.map(\.rawValue).joined(separator: " or "))")
+        }
+        self = f
+    }
+}
+
 /// What `export` and `import` did, for the summary line and `--json`.
 public struct TransferResult: Codable, Equatable {
     /// The snapshot: exported from here, or imported as.
@@ -81,10 +97,13 @@ public enum Transfer {
     /// store holds too) the filesystem half is only what changed since it:
     /// `crsnap send --parent`.
     public static func export(store: Store, id: SnapshotID, parent: SnapshotID? = nil, to path: String?,
-                              compress: Bool) throws -> TransferResult {
+                              compress: Bool, format: ArchiveFormat = .crsnap) throws -> TransferResult {
         let started = DispatchTime.now()
-        guard store.backend is BtrfsBackend else {
-            throw CrsnapError(.usage, "store \(store.path) keeps plain directories (a copy store): export needs a btrfs store for now; nothing was written")
+        guard format == .checkpointArchive || store.backend is BtrfsBackend else {
+            throw CrsnapError(.usage, "store \(store.path) keeps plain directories (a copy store): export needs a btrfs store for now (--format checkpoint-archive works on any store); nothing was written")
+        }
+        if parent != nil && format != .crsnap {
+            throw CrsnapError(.usage, "--parent needs crsnap's own format: a \(format.rawValue) holds the whole snapshot; nothing was written")
         }
         if let path {
             guard !path.isEmpty, !path.contains("\0") else { throw CrsnapError(.usage, "invalid output file \"\(path)\"") }
@@ -111,8 +130,9 @@ public enum Transfer {
             }
             let meter = TransferMeter(path == nil ? "sending \(id)" : "exporting \(id)")
             defer { meter?.finish() }
-            var result = try write(c, id.number, parent: parent, into: FileSink(fd: fd, name: path ?? "standard output", meter: meter),
-                                   compress: compress)
+            let sink = FileSink(fd: fd, name: path ?? "standard output", meter: meter)
+            var result = format == .crsnap ? try write(c, id.number, parent: parent, into: sink, compress: compress)
+                : try CheckpointArchive.write(c, id.number, into: sink, compress: compress)
             if let path, let p = partial {
                 try Sys.fsync(fd, p)
                 try Sys.rename(p, path)
@@ -218,10 +238,15 @@ public enum Transfer {
         let (source, compressed) = try Archive.open(input)
         let reader = ArchiveReader(source)
         let header: ArchiveHeader
+        let first: Tar.Header?
+        do { first = try reader.next() } catch { throw damaged(error) }
+        // Another kind of archive is named as such, not read to its end for
+        // a checksum list it does not have.
+        guard let h = first, h.name == ArchiveHeader.entryName else {
+            throw damaged(Malformed("its first entry is not \(ArchiveHeader.entryName): not a crsnap archive"
+                                    + (first?.name == "config.dump" ? " (a checkpoint archive, as export --format checkpoint-archive and Podman write, which import does not read)" : "")))
+        }
         do {
-            guard let h = try reader.next(), h.name == ArchiveHeader.entryName else {
-                throw Malformed("its first entry is not \(ArchiveHeader.entryName): not a crsnap archive")
-            }
             header = try decode(ArchiveHeader.self, try reader.readAll(limit: 1 << 20), h.name)
             guard header.format == 1, header.kind == "snapshot" else {
                 throw Malformed("it is a \(header.kind) archive of format \(header.format); this crsnap reads snapshot archives of format 1")

@@ -57,16 +57,10 @@ public final class ArchiveWriter {
     /// The file at `path` as entry `name`, with its permission bits; its size.
     @discardableResult
     public func add(name: String, file path: String) throws -> UInt64 {
-        let fd = try Sys.open(path, O_RDONLY | O_CLOEXEC)
-        defer { Sys.close(fd) }
-        var st = stat()
-        guard fstat(fd, &st) == 0 else { throw SystemError("stat", path, errno: errno) }
-        guard (st.st_mode & S_IFMT) == S_IFREG else { throw ArchiveError("\(path) is not a regular file") }
         let hash = SHA256()
-        try tar.add(Tar.Header(name: name, size: UInt64(st.st_size), mode: UInt32(st.st_mode & 0o7777), mtime: mtime),
-                    content: { try $0.withUnsafeBytes { try hash.update($0) } }, from: FileSource(fd: fd, name: path))
+        let size = try tar.add(name: name, file: path, mtime: mtime) { try $0.withUnsafeBytes { try hash.update($0) } }
         sums.append((name, try hash.hex()))
-        return UInt64(st.st_size)
+        return size
     }
 
     /// Everything `source` gives, as chunks NAME.000000, ...; the bytes and

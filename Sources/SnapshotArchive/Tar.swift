@@ -1,44 +1,106 @@
+import FSSnapshot
 import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
 
-/// The POSIX tar format (ustar, with pax extended headers for long names and
-/// large sizes), regular files only: what `tar tf` lists and `tar xf`
-/// unpacks. crsnap's archives are tar streams so that a person can look
-/// into one with the tools they have.
+/// The POSIX tar format (ustar, with pax extended headers for long names,
+/// link targets, large sizes and ids): what `tar tf` lists and `tar xf`
+/// unpacks. crsnap's archives are tar streams of regular files so that a
+/// person can look into one with the tools they have; a tar of a directory
+/// tree (`DirectoryTar`) also holds directories, links, devices and fifos.
 public enum Tar {
     public static let block = 512
+    /// The zero blocks at the end of an archive.
+    public static let endBytes = 2 * block
 
-    /// A regular file's header, and how many bytes of content follow it.
+    /// An entry's header, and how many bytes of content follow it (only a
+    /// regular file has content).
     public struct Header: Equatable, Sendable {
+        public enum Kind: Equatable, Sendable {
+            case file
+            case directory
+            case symlink(to: String)
+            /// Another name of a file earlier in the archive.
+            case hardlink(to: String)
+            case characterDevice(major: UInt32, minor: UInt32)
+            case blockDevice(major: UInt32, minor: UInt32)
+            case fifo
+
+            /// The ustar typeflag.
+            var flag: UInt8 {
+                switch self {
+                case .file: return UInt8(ascii: "0")
+                case .hardlink: return UInt8(ascii: "1")
+                case .symlink: return UInt8(ascii: "2")
+                case .characterDevice: return UInt8(ascii: "3")
+                case .blockDevice: return UInt8(ascii: "4")
+                case .directory: return UInt8(ascii: "5")
+                case .fifo: return UInt8(ascii: "6")
+                }
+            }
+
+            var link: String? {
+                switch self {
+                case .symlink(let to), .hardlink(let to): return to
+                default: return nil
+                }
+            }
+
+            var device: (UInt32, UInt32)? {
+                switch self {
+                case .characterDevice(let a, let b), .blockDevice(let a, let b): return (a, b)
+                default: return nil
+                }
+            }
+        }
+
         public var name: String
         public var size: UInt64
         public var mode: UInt32
         public var mtime: UInt64
+        public var kind: Kind
+        public var uid: UInt32
+        public var gid: UInt32
 
-        public init(name: String, size: UInt64, mode: UInt32 = 0o600, mtime: UInt64 = 0) {
+        public init(name: String, size: UInt64, mode: UInt32 = 0o600, mtime: UInt64 = 0, kind: Kind = .file,
+                    uid: UInt32 = 0, gid: UInt32 = 0) {
             self.name = name
             self.size = size
             self.mode = mode
             self.mtime = mtime
+            self.kind = kind
+            self.uid = uid
+            self.gid = gid
         }
     }
 
-    /// The blocks that introduce `h`: a pax header first when the name or
-    /// the size does not fit the ustar fields.
+    /// The largest value of an 8-byte octal field (uid, gid, mode).
+    static let smallMax: UInt64 = 0o7777777
+
+    /// The blocks that introduce `h`: a pax header first when the name, the
+    /// link target, the size or an id does not fit the ustar fields.
     static func encode(_ h: Header) -> [UInt8] {
         var records: [(String, String)] = []
         let nameBytes = Array(h.name.utf8)
+        let linkBytes = Array((h.kind.link ?? "").utf8)
         if nameBytes.count > 100 { records.append(("path", h.name)) }
+        if linkBytes.count > 100 { records.append(("linkpath", h.kind.link ?? "")) }
         if h.size > 0o77777777777 { records.append(("size", String(h.size))) }
+        if UInt64(h.uid) > smallMax { records.append(("uid", String(h.uid))) }
+        if UInt64(h.gid) > smallMax { records.append(("gid", String(h.gid))) }
         var out: [UInt8] = []
         if !records.isEmpty {
             var body: [UInt8] = []
             for (k, v) in records { body += paxRecord(k, v) }
-            out += ustar(name: "PaxHeaders/\(String(decoding: nameBytes.prefix(80), as: UTF8.self))",
-                         size: UInt64(body.count), mode: 0o644, mtime: h.mtime, type: UInt8(ascii: "x"))
+            out += ustar(Header(name: "PaxHeaders/\(String(decoding: nameBytes.prefix(80), as: UTF8.self))",
+                                size: UInt64(body.count), mode: 0o644, mtime: h.mtime), type: UInt8(ascii: "x"))
             out += body + padding(UInt64(body.count))
         }
-        out += ustar(name: String(decoding: nameBytes.prefix(100), as: UTF8.self), size: min(h.size, 0o77777777777),
-                     mode: h.mode, mtime: h.mtime, type: UInt8(ascii: "0"))
+        var fitted = h
+        fitted.name = String(decoding: nameBytes.prefix(100), as: UTF8.self)
+        fitted.size = min(h.size, 0o77777777777)
+        out += ustar(fitted, type: h.kind.flag, link: linkBytes.prefix(100))
         return out
     }
 
@@ -50,26 +112,33 @@ public enum Tar {
         return Array("\(len) \(key)=\(value)\n".utf8)
     }
 
-    static func ustar(name: String, size: UInt64, mode: UInt32, mtime: UInt64, type: UInt8) -> [UInt8] {
+    static func ustar(_ h: Header, type: UInt8, link: ArraySlice<UInt8> = []) -> [UInt8] {
         var b = [UInt8](repeating: 0, count: block)
-        func put(_ bytes: [UInt8], at offset: Int, width: Int) {
+        func put<C: Collection>(_ bytes: C, at offset: Int, width: Int) where C.Element == UInt8 {
             for (i, c) in bytes.prefix(width).enumerated() { b[offset + i] = c }
         }
         func octal(_ v: UInt64, at offset: Int, width: Int) {
             let digits = String(v, radix: 8)
             put(Array((String(repeating: "0", count: max(0, width - 1 - digits.count)) + digits).utf8), at: offset, width: width - 1)
         }
-        put(Array(name.utf8), at: 0, width: 100)
-        octal(UInt64(mode), at: 100, width: 8)
-        octal(0, at: 108, width: 8)
-        octal(0, at: 116, width: 8)
-        octal(size, at: 124, width: 12)
-        octal(mtime, at: 136, width: 12)
+        put(Array(h.name.utf8), at: 0, width: 100)
+        octal(UInt64(h.mode), at: 100, width: 8)
+        octal(min(UInt64(h.uid), smallMax), at: 108, width: 8)
+        octal(min(UInt64(h.gid), smallMax), at: 116, width: 8)
+        octal(h.size, at: 124, width: 12)
+        octal(h.mtime, at: 136, width: 12)
         b[156] = type
+        put(link, at: 157, width: 100)
         put(Array("ustar\0".utf8), at: 257, width: 6)
         put(Array("00".utf8), at: 263, width: 2)
-        put(Array("root".utf8), at: 265, width: 32)
-        put(Array("root".utf8), at: 297, width: 32)
+        // Names only for root: `tar xf` as root prefers a name it can look
+        // up over the number, and other ids mean nothing on another host.
+        if h.uid == 0 { put(Array("root".utf8), at: 265, width: 32) }
+        if h.gid == 0 { put(Array("root".utf8), at: 297, width: 32) }
+        if let (major, minor) = h.kind.device {
+            octal(UInt64(major), at: 329, width: 8)
+            octal(UInt64(minor), at: 337, width: 8)
+        }
         for i in 148..<156 { b[i] = 0x20 }
         let sum = b.reduce(0) { $0 + Int($1) }
         put(Array((String(repeating: "0", count: 6 - String(sum, radix: 8).count) + String(sum, radix: 8)).utf8), at: 148, width: 6)
@@ -94,6 +163,45 @@ public final class TarWriter {
     func emit(_ b: [UInt8]) throws {
         try sink.write(b)
         bytes += UInt64(b.count)
+    }
+
+    func emit(_ b: UnsafeRawBufferPointer) throws {
+        try sink.write(b)
+        bytes += UInt64(b.count)
+    }
+
+    /// An entry whose `header.size` bytes `body` writes into the sink it is
+    /// given (another tar stream, say); more or fewer is an error.
+    public func add(_ header: Tar.Header, writing body: (ByteSink) throws -> Void) throws {
+        try emit(Tar.encode(header))
+        let inner = EntrySink(self, name: header.name, size: header.size)
+        try body(inner)
+        guard inner.written == header.size else {
+            throw ArchiveError("\(header.name): \(inner.written) bytes written, its header says \(header.size)")
+        }
+        try emit(Tar.padding(header.size))
+    }
+
+    /// One entry's content, passed on to the writer.
+    final class EntrySink: ByteSink {
+        let writer: TarWriter
+        let name: String
+        let size: UInt64
+        var written: UInt64 = 0
+
+        init(_ writer: TarWriter, name: String, size: UInt64) {
+            (self.writer, self.name, self.size) = (writer, name, size)
+        }
+
+        func write(_ bytes: UnsafeRawBufferPointer) throws {
+            guard written + UInt64(bytes.count) <= size else {
+                throw ArchiveError("\(name): more than the \(size) bytes its header says")
+            }
+            try writer.emit(bytes)
+            written += UInt64(bytes.count)
+        }
+
+        func finish() throws {}
     }
 
     /// An entry whose content is exactly `header.size` bytes from `body`,
@@ -121,10 +229,30 @@ public final class TarWriter {
         try emit(Tar.padding(header.size))
     }
 
-    /// The end of the archive: two zero blocks.
+    /// The regular file at `path` as entry `name`, with its permission bits;
+    /// its size. `content` sees each piece written (to hash it).
+    @discardableResult
+    public func add(name: String, file path: String, mtime: UInt64, content: ([UInt8]) throws -> Void = { _ in }) throws -> UInt64 {
+        let fd = try Sys.open(path, O_RDONLY | O_CLOEXEC)
+        defer { Sys.close(fd) }
+        var st = stat()
+        guard fstat(fd, &st) == 0 else { throw SystemError("stat", path, errno: errno) }
+        guard (st.st_mode & S_IFMT) == S_IFREG else { throw ArchiveError("\(path) is not a regular file") }
+        try add(Tar.Header(name: name, size: UInt64(st.st_size), mode: UInt32(st.st_mode & 0o7777), mtime: mtime),
+                content: content, from: FileSource(fd: fd, name: path))
+        return UInt64(st.st_size)
+    }
+
+    /// The end of the archive: two zero blocks; the sink is finished too.
     public func finish() throws {
-        try emit([UInt8](repeating: 0, count: 2 * Tar.block))
+        try end()
         try sink.finish()
+    }
+
+    /// The two zero blocks that end an archive, the sink left open (for a
+    /// tar inside another one).
+    public func end() throws {
+        try emit([UInt8](repeating: 0, count: Tar.endBytes))
     }
 }
 

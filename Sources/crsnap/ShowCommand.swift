@@ -7,7 +7,9 @@ struct ShowCommand: ParsableCommand {
         commandName: "show",
         abstract: "Show what a snapshot captured.",
         discussion: """
-        Lists the snapshot's file systems and how each was captured (btrfs
+        Lists the processes in its CRIU images (pids as inside the container,
+        parents first, with their threads and names), the snapshot's file
+        systems and how each was captured (btrfs
         snapshot, reflinked copy, copy), the unlinked open files it holds (the
         path they had, size, held as an fd and/or mapped, and whether their
         bytes were reflinked or copied), its tmpfs mounts (their contents are in
@@ -22,7 +24,8 @@ struct ShowCommand: ParsableCommand {
         fs_total_bytes, fs_exclusive_bytes in --json (null: the filesystem
         cannot tell).
         --json prints: id, container, tag, type, created, stopped, fs_only, criu_version,
-        filesystems, unlinked, tmpfs, volumes, kept, network, address,
+        processes (pid, ppid, pgid, sid, threads, comm; processes_error when
+        the images do not give them), filesystems, unlinked, tmpfs, volumes, kept, network, address,
         publish, fs_total_bytes,
         fs_exclusive_bytes, stats, container_state (running
         or stopped) and container_reason (when the container's processes are
@@ -45,6 +48,14 @@ struct ShowCommand: ParsableCommand {
             print("container \(d.container): \(d.container_state)" + (d.container_reason.map { " — \($0)" } ?? ""))
             print("\nSIZE: images \(formatBytes(d.stats.images_bytes)); files \(d.fs_exclusive_bytes.map(formatBytes) ?? "?") exclusive"
                   + (d.fs_total_bytes.map { " of \(formatBytes($0)) in all" } ?? " (the filesystem cannot tell)"))
+            print("\nPROCESSES" + (d.criu_version.map { " (CRIU \($0))" } ?? ""))
+            if let why = d.processes_error {
+                print("unreadable: \(why)")
+            } else if d.processes.isEmpty {
+                print("none (files only)")
+            } else {
+                printTable(["PID", "PPID", "THREADS", "COMM"], d.processes.map { ["\($0.pid)", "\($0.ppid)", "\($0.threads)", $0.comm] })
+            }
             print("\nFILE SYSTEMS")
             printTable(["MOUNT", "HOLDS", "CAPTURED", "SNAPSHOT"], d.filesystems.map {
                 [$0.mount, $0.holds, $0.captured + ($0.read_only == true ? ", read-only" : ""), $0.snapshot]

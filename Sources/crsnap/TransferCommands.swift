@@ -22,6 +22,20 @@ struct ExportCommand: ParsableCommand {
         overwritten. -o - writes to standard output (not a terminal).
         take and rollback of the container wait while the export runs.
         Containers with --volume cannot be exported yet.
+
+        --format checkpoint-archive writes the layout of the checkpoint
+        archives of Podman, CRI-O and the kubelet instead, which
+        checkpointctl reads (show, inspect --ps-tree, --stats, --mounts,
+        --metadata): config.dump and spec.dump (the container; annotations
+        name crsnap, CRIU's version, the host's architecture, kernel and
+        cgroup version), checkpoint/ (CRIU's images as the dump wrote them),
+        stats-dump, rootfs-diff.tar (the container's own files: an overlay
+        root's upper dir, a subvolume root whole) and deleted.files (what it
+        deleted from the overlay's lower layer, as JSON), and crsnap/ with
+        the snapshot's manifest and the container's config. It works on
+        any store; import does not read it, and the unlinked open files
+        captured with the snapshot are not in it. checkpointctl shows the
+        engine as containerd, its name for an engine it does not know.
         """
     )
 
@@ -29,17 +43,21 @@ struct ExportCommand: ParsableCommand {
     @Option(name: .shortAndLong, help: ArgumentHelp("The archive to write, or - for standard output.", valueName: "file"))
     var output: String
     @Option(help: ArgumentHelp("zstd or none (default none).", valueName: "how")) var compress: String = "none"
-    @Flag(help: "Print JSON: id, file, compressed, bytes, archive_bytes, fs_bytes, images_bytes, unlinked_bytes, ms.") var json = false
+    @Option(help: ArgumentHelp("crsnap (default: what import reads) or checkpoint-archive (what checkpointctl reads).", valueName: "layout"))
+    var format: String = "crsnap"
+    @Flag(help: "Print JSON: id, file, compressed, bytes, archive_bytes, fs_bytes (with checkpoint-archive: of rootfs-diff.tar), images_bytes, unlinked_bytes, ms.") var json = false
     @Argument(help: "Snapshot id, NAME@N.") var id: String
 
     func run() throws {
         try reporting {
             let sid = try SnapshotID(parsing: id)
             try checkCompress(compress)
+            let layout = try ArchiveFormat(parsing: format)
             guard !output.isEmpty else { throw CrsnapError(.usage, "invalid -o \"\": give a file, or - for standard output") }
             if output == "-" && json { throw CrsnapError(.usage, "--json needs -o FILE: standard output carries the archive") }
             let store = try storeOptions.openExisting()
-            let r = try Transfer.export(store: store, id: sid, to: output == "-" ? nil : output, compress: compress == "zstd")
+            let r = try Transfer.export(store: store, id: sid, to: output == "-" ? nil : output, compress: compress == "zstd",
+                                        format: layout)
             if json {
                 try printJSON(r)
             } else {

@@ -174,6 +174,15 @@ final class CopyStoreTests: XCTestCase {
         let stats = (try JSONSerialization.jsonObject(with: Data(take.stdout.utf8)) as! [String: Any])["stats"] as! [String: Any]
         let snapLast = counterLines("\(store)/containers/e/snapshots/1/fs/upper/var/lib/crsnap-workload/log").last ?? 0
         XCTAssertGreaterThan(snapLast, 0)
+        // A checkpoint archive needs no btrfs: its files travel as a tar.
+        let archive = "\(dir)/e-1.tar"
+        let ex = try crsnap(["export", "e@1", "-o", archive, "--format", "checkpoint-archive"], store: store)
+        XCTAssertEqual(ex.status, 0, ex.stderr)
+        let inner = try runProgram("/usr/bin/tar", ["xOf", archive, "rootfs-diff.tar"])
+        XCTAssertTrue(inner.stdout.contains("var/lib/crsnap-workload/log"), "the workload's files from the \(fs) copy store")
+        let own = try crsnap(["export", "e@1", "-o", "\(dir)/e-1.crsnap"], store: store)
+        XCTAssertNotEqual(own.status, 0)
+        XCTAssertTrue(own.stderr.contains("copy store") && own.stderr.contains("checkpoint-archive"), own.stderr)
         usleep(300_000)
         let rb = try crsnap(["rollback", "e@1"], store: store)
         XCTAssertEqual(rb.status, 0, rb.stderr)

@@ -30,6 +30,21 @@ final class MemorySource: ByteSource {
     }
 }
 
+/// Runs argv (no shell) in `dir`: its status and what it printed.
+func runIn(_ dir: String, _ argv: [String]) throws -> (Int32, String) {
+    let p = Process()
+    p.executableURL = URL(fileURLWithPath: argv[0])
+    p.arguments = Array(argv.dropFirst())
+    p.currentDirectoryURL = URL(fileURLWithPath: dir)
+    let out = Pipe()
+    p.standardOutput = out
+    p.standardError = out
+    try p.run()
+    let text = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+    p.waitUntilExit()
+    return (p.terminationStatus, text)
+}
+
 final class ArchiveTests: XCTestCase {
     func pattern(_ count: Int, seed: UInt8) -> [UInt8] {
         (0..<count).map { UInt8(truncatingIfNeeded: $0 &* 31 &+ Int(seed)) }
@@ -134,19 +149,7 @@ final class ArchiveTests: XCTestCase {
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: dir) }
         try Data(bytes).write(to: URL(fileURLWithPath: "\(dir)/a.tar"))
-        func run(_ argv: [String]) throws -> (Int32, String) {
-            let p = Process()
-            p.executableURL = URL(fileURLWithPath: argv[0])
-            p.arguments = Array(argv.dropFirst())
-            p.currentDirectoryURL = URL(fileURLWithPath: dir)
-            let out = Pipe()
-            p.standardOutput = out
-            p.standardError = out
-            try p.run()
-            let text = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-            p.waitUntilExit()
-            return (p.terminationStatus, text)
-        }
+        func run(_ argv: [String]) throws -> (Int32, String) { try runIn(dir, argv) }
         let (listed, names) = try run(["/usr/bin/tar", "tf", "a.tar"])
         XCTAssertEqual(listed, 0, names)
         XCTAssertEqual(names.split(separator: "\n").map(String.init), ["manifest.json", longName, "fs.btrfs.000000", "SHA256SUMS"])
