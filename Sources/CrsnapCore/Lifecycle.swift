@@ -281,8 +281,13 @@ public enum Lifecycle {
         }
     }
 
-    /// Removes a stopped container with all its snapshots.
-    public static func remove(store: Store, name: String, force: Bool) throws {
+    /// Removes a stopped container with all its snapshots. `keepHostSide`:
+    /// a bridged container's host side (its veth, named by its address, its
+    /// published ports, the bridge) is left as it is, because a container
+    /// of another store on this host holds it now (a migrate between two
+    /// stores of one network namespace); only the lease goes, with the
+    /// container.
+    public static func remove(store: Store, name: String, force: Bool, keepHostSide: Bool = false) throws {
         let c = try Container(store: store, name: name)
         try c.mustExist()
         let lock = try c.lock()
@@ -294,7 +299,7 @@ public enum Lifecycle {
             }
         }
         try stopLocked(c)
-        if let config = try? c.config() { try Networks.release(c, config) }
+        if !keepHostSide, let config = try? c.config() { try Networks.release(c, config) }
         if Mounts.isMountPoint(c.rootMount) { try Mounts.unmount(c.rootMount, lazy: true) }
         for n in c.snapshotNumbers() { try Snapshots.deleteLocked(c, n) }
         for volume in [c.volume, "\(c.dir)/fs.prev"] where store.backend.isVolume(volume) {

@@ -295,8 +295,15 @@ public enum Migrate {
         let downtime = milliseconds(since: stopAt)
         let resumeMs = milliseconds(since: resumeAt)
 
-        // 3. It runs there: this side goes.
-        try Lifecycle.remove(store: store, name: name, force: true)
+        // 3. It runs there: this side goes. A bridged container moved to a
+        // store on this host took over the host side its address names (the
+        // same veth, ports and bridge): removing it here must not undo that.
+        var sameHostSide = false
+        if case .local(let path) = dest.place, config.networkMode == .bridge,
+           let there = try? Store.openExisting(path), let a = try? store.bridge(), let b = try? there.bridge() {
+            sameHostSide = a.name == b.name
+        }
+        try Lifecycle.remove(store: store, name: name, force: true, keepHostSide: sameHostSide)
         return MigrateResult(container: name, destination: dest.description, first: "\(name)@\(first)", second: "\(name)@\(second)",
                              first_parent: parent.map { "\(name)@\($0)" }, first_bytes: one.bytes, first_fs_bytes: one.fs_bytes,
                              second_bytes: two.bytes, second_fs_bytes: two.fs_bytes, downtime_ms: downtime,

@@ -156,8 +156,8 @@ final class MigrateTests: XCTestCase {
     /// Host B: a network namespace joined to this one (host A) by a veth
     /// pair (192.0.2.1 here, 192.0.2.2 there), Debian's sshd listening only
     /// there, a key for root. Returns the ssh client configuration file and
-    /// what undoes it all.
-    func hostB() throws -> (config: String, undo: () -> Void) {
+    /// what undoes it all, and the namespace's name.
+    func hostB() throws -> (config: String, undo: () -> Void, ns: String) {
         guard let sshd = ProcessInfo.processInfo.environment["CRSNAP_TEST_SSHD"], FileManager.default.isExecutableFile(atPath: sshd) else {
             XCTFail("CRSNAP_TEST_SSHD (OpenSSH's server, unpacked by Scripts/testenv) is missing")
             throw XCTSkip("no sshd")
@@ -237,7 +237,7 @@ final class MigrateTests: XCTestCase {
                 return onAddress(fd, "192.0.2.2", port: 22) { Glibc.connect($0, $1, $2) } == 0
             }
             guard up else { throw XCTSkip("sshd did not listen on 192.0.2.2:22") }
-            return ("\(dir)/ssh_config", undoAll)
+            return ("\(dir)/ssh_config", undoAll, ns)
         } catch {
             undoAll()
             XCTFail("setting up host B: \(error)")
@@ -248,7 +248,7 @@ final class MigrateTests: XCTestCase {
     /// migrate over ssh to "another host" (a network namespace with its own
     /// sshd), the client then reaching the server at that host's address.
     func testMigrateOverSSHToAnotherHost() throws {
-        let (config, undo) = try hostB()
+        let (config, undo, _) = try hostB()
         defer { undo() }
         let port = freeLoopbackPort()
         let name = try startRedis("mig-ssh", bind: "0.0.0.0", port: port)
@@ -272,5 +272,74 @@ final class MigrateTests: XCTestCase {
         XCTAssertNotEqual(try redis("127.0.0.1", port, "PING"), "PONG", "nothing answers on host A any more")
         XCTAssertEqual(try redis("192.0.2.2", port, "GET", "moved"), "yes", "the client reaches it on host B, with its data")
         XCTAssertEqual(try redis("192.0.2.2", port, "DBSIZE"), "20001")
+    }
+
+    /// A bridged container moves with its address and published port: on
+    /// host B it answers at the address it had on host A (from inside B's
+    /// network), and at B's own address on the published port; A keeps
+    /// nothing of it.
+    /// A bridged container's address (from `ps --json` of `store`).
+    func address(_ name: String, _ store: String) throws -> String? {
+        let row = jsonObjects(try crsnap(["ps", "--json"], store: store).stdout).first { $0["name"] as? String == name }
+        return (row?["address"] as? String)?.split(separator: "/").first.map(String.init)
+    }
+
+    /// Debian's redis on 0.0.0.0:6379 in a bridged container, published on
+    /// `hostPort`, holding moved=yes; its name and address.
+    func startBridgedRedis(_ prefix: String, hostPort: Int) throws -> (name: String, address: String) {
+        let name = uniqueName(prefix)
+        let launcher = "import os, sys; os.execv(sys.argv[1], sys.argv[2:])"
+        try crsnapOK(["run", name, "--network", "bridge", "--publish", "\(hostPort):6379", "--", "/usr/bin/python3", "-c", launcher,
+                      RealServicesTests.redis, "redis-server", "--port", "6379", "--bind", "0.0.0.0", "--protected-mode", "no",
+                      "--save", "", "--appendonly", "no", "--daemonize", "no"])
+        started.append((name, Env.store!))
+        let here = try XCTUnwrap(try address(name, Env.store!))
+        XCTAssertTrue(waitFor(30) { (try? self.redis(here, 6379, "PING")) == "PONG" }, "redis did not answer at \(here)")
+        XCTAssertEqual(try redis(here, 6379, "SET", "moved", "yes"), "OK")
+        return (name, here)
+    }
+
+    /// To a store on this host: the same bridge, so the container takes over
+    /// the host side its address names (veth, published port), which the
+    /// removal here must leave alone.
+    func testABridgedContainerMovesToAnotherStoreOnThisHost() throws {
+        let hostPort = freeLoopbackPort()
+        let (name, here) = try startBridgedRedis("mig-brl", hostPort: hostPort)
+        let r = try crsnap(["migrate", name, "--to", store2, "--json"])
+        XCTAssertEqual(r.status, 0, r.stderr)
+        started.append((name, store2))
+        XCTAssertEqual(try address(name, store2), here, "the lease moved with it")
+        XCTAssertEqual(try redis(here, 6379, "GET", "moved"), "yes", "at its address")
+        XCTAssertEqual(try redis("127.0.0.1", hostPort, "GET", "moved"), "yes", "at the published port")
+        XCTAssertFalse(try names(Env.store!).contains(name))
+        // And its removal there takes the host side with it.
+        try crsnapOK(["rm", "--force", name, "--store", store2])
+        let gone = try runProgram("/usr/bin/timeout", ["3", RealServicesTests.redisCLI, "-p", "\(hostPort)", "PING"])
+        XCTAssertNotEqual(gone.stdout.trimmingCharacters(in: .whitespacesAndNewlines), "PONG", "the published port went with it")
+    }
+
+    func testABridgedContainerKeepsItsAddressOnAnotherHost() throws {
+        let (config, undo, ns) = try hostB()
+        defer { undo() }
+        let hostPort = freeLoopbackPort()
+        let (name, here) = try startBridgedRedis("mig-br", hostPort: hostPort)
+        // On host B, commands run in its network namespace.
+        func inB(_ path: String, _ args: [String]) throws -> Result {
+            try runProgram("/usr/bin/nsenter", ["--net=/run/netns/\(ns)", path] + args)
+        }
+        defer { _ = try? inB(Env.binary, ["rm", "--force", name, "--store", store2]) }
+
+        let r = try crsnap(["migrate", name, "--to", "ssh://root@192.0.2.2\(store2)", "--remote-crsnap", Env.binary,
+                            "--ssh-config", config, "--json"])
+        XCTAssertEqual(r.status, 0, r.stderr)
+        XCTAssertEqual(try address(name, store2), here, "the lease moved with it")
+        let there = try inB(RealServicesTests.redisCLI, ["-h", here, "-p", "6379", "GET", "moved"])
+        XCTAssertEqual(there.stdout.trimmingCharacters(in: .whitespacesAndNewlines), "yes", "at its address on host B: \(there.stderr)")
+        XCTAssertEqual(try redis("192.0.2.2", hostPort, "GET", "moved"), "yes", "the published port on host B, from host A")
+        XCTAssertFalse(try names(Env.store!).contains(name), "gone from host A")
+        let gone = try runProgram("/usr/bin/timeout", ["3", RealServicesTests.redisCLI, "-h", here, "-p", "6379", "PING"])
+        XCTAssertNotEqual(gone.stdout.trimmingCharacters(in: .whitespacesAndNewlines), "PONG", "nothing answers at the address on host A")
+        let leases = (jsonObject(try crsnapOK(["network", "show", "--json"]))["leases"] as? [[String: Any]]) ?? []
+        XCTAssertFalse(leases.contains { $0["container"] as? String == name }, "host A's lease is released")
     }
 }
