@@ -144,14 +144,16 @@ public enum Transfer {
         }
     }
 
-    /// Snapshot `n` of `c` (whose lock the caller holds), verified, as an
-    /// archive into `out`; incremental on `parent`.
-    static func write(_ c: Container, _ n: Int, parent: SnapshotID?, into out: FileSink, compress: Bool) throws -> TransferResult {
+    /// Snapshot `n` of `c` (whose lock the caller holds), verified (unless
+    /// the caller took it itself just now), as an archive into `out`;
+    /// incremental on `parent`.
+    static func write(_ c: Container, _ n: Int, parent: SnapshotID?, into out: FileSink, compress: Bool,
+                      verify: Bool = true) throws -> TransferResult {
         let started = DispatchTime.now()
         let store = c.store
         let id = SnapshotID(container: c.name, number: n)
         let m = try c.manifest(n)
-        try Verify.require(c, n, doing: "export of \(id)")
+        if verify { try Verify.require(c, n, doing: "export of \(id)") }
         let config = try c.config()
         if !(config.volumes ?? []).isEmpty {
             throw CrsnapError(.usage, "\(id): container \"\(c.name)\" has volumes (--volume), which an archive does not carry yet; nothing was written")
@@ -162,12 +164,14 @@ public enum Transfer {
                                    store: store.id, exported: Date(), filesystem: "btrfs-send",
                                    uuid: (try? Btrfs.identity(fs)).map(\.acrossStores))
         var parentFS: String?
+        var parentImages: (dir: String, sums: [String: String])?
         if let parent {
             guard parent.container == id.container else {
                 throw CrsnapError(.usage, "invalid --parent \(parent): a parent is a snapshot of the same container (\(id.container)@N)")
             }
             guard parent.number != n else { throw CrsnapError(.usage, "invalid --parent \(parent): it is the snapshot being sent") }
-            _ = try c.manifest(parent.number)
+            let pm = try c.manifest(parent.number)
+            parentImages = ("\(c.snapshotDir(parent.number))/images", pm.images_sha256 ?? [:])
             let pfs = "\(c.snapshotDir(parent.number))/fs"
             guard store.backend.isVolume(pfs), let identity = try? Btrfs.identity(pfs) else {
                 throw CrsnapError(.failed, "snapshot \(parent) is damaged: its filesystem snapshot \(pfs) is missing; nothing was written")
@@ -182,10 +186,23 @@ public enum Transfer {
         try writer.add(name: ArchiveHeader.entryName, data: try encode(header))
         try writer.add(name: "config.json", data: try encode(config))
         try writer.add(name: "manifest.json", data: try encode(m))
-        for (sub, counter) in [("images", \TransferResult.images_bytes), ("unlinked", \TransferResult.unlinked_bytes)] {
-            for name in regularFiles("\(dir)/\(sub)") {
-                result[keyPath: counter] += try writer.add(name: "\(sub)/\(name)", file: "\(dir)/\(sub)/\(name)")
+        for name in regularFiles("\(dir)/images") {
+            let path = "\(dir)/images/\(name)"
+            // Incremental: an image that differs little from the parent's of
+            // the same name travels as the blocks that changed.
+            if let p = parentImages, Sys.exists("\(p.dir)/\(name)"),
+               let plan = try? BlockDelta.plan(target: path, base: "\(p.dir)/\(name)"),
+               plan.encodedSize < plan.size / 4 * 3 {
+                try writer.add(name: "images/\(name)\(deltaSuffix)", size: plan.encodedSize) { sink in
+                    try BlockDelta.write(plan, target: path, baseSHA256: p.sums[name], into: sink)
+                }
+                result.images_bytes += plan.encodedSize
+            } else {
+                result.images_bytes += try writer.add(name: "images/\(name)", file: path)
             }
+        }
+        for name in regularFiles("\(dir)/unlinked") {
+            result.unlinked_bytes += try writer.add(name: "unlinked/\(name)", file: "\(dir)/unlinked/\(name)")
         }
         let send = try BtrfsStream.send(fs, parent: parentFS)
         do {
@@ -286,11 +303,13 @@ public enum Transfer {
                                     archive_bytes: 0, fs_bytes: 0, parent: nil, images_bytes: 0, unlinked_bytes: 0,
                                     created_container: nil, ms: 0)
         // An incremental archive needs its parent here, in this container.
+        var localParent: Int?
         if let p = header.parent {
             guard c.exists, let local = c.snapshotNumbers().first(where: { Snapshots.identity(c, $0) == p.uuid }) else {
                 throw CrsnapError(.notFound, "\(what) is incremental on \(p.snapshot), which container \"\(target)\" in store \(store.path) does not hold (send it first, or send without --parent); nothing was changed")
             }
             result.parent = "\(target)@\(local)"
+            localParent = local
         }
         var config: ContainerConfig?
         var manifest: Manifest?
@@ -314,6 +333,27 @@ public enum Transfer {
                         throw CrsnapError(.conflict, "container \"\(target)\" already has a snapshot \(target)@\(n) in store \(store.path); import under another name with --as NAME; nothing was changed")
                     }
                     manifest = m
+                } else if let (sub, file) = split(h.name), sub == "images", file.hasSuffix(deltaSuffix) {
+                    // The image rebuilt from the parent's here and the blocks
+                    // that changed, checked against the hash take recorded.
+                    let name = String(file.dropLast(deltaSuffix.count))
+                    guard let local = localParent, let m = manifest else {
+                        throw Malformed("\(h.name) is a block delta, in an archive \(localParent == nil ? "without a parent" : "before its manifest.json")")
+                    }
+                    let base = "\(c.snapshotDir(local))/images/\(name)"
+                    let fd = try Sys.open("\(snap)/images/\(name)", O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC,
+                                          mode: h.mode & 0o777 == 0 ? 0o600 : mode_t(h.mode & 0o777))
+                    defer { Sys.close(fd) }
+                    let out = HashingSink(FileSink(fd: fd, name: "\(snap)/images/\(name)"))
+                    do {
+                        try BlockDelta.apply(from: reader, base: base, expectBaseSHA256: (try? c.manifest(local))?.images_sha256?[name], into: out)
+                    } catch let e as ArchiveError {
+                        throw Malformed("images/\(name): \(e.message)")
+                    }
+                    if let want = m.images_sha256?[name], try out.hash.hex() != want {
+                        throw Malformed("images/\(name) rebuilt from \(target)@\(local) does not match the hash its snapshot recorded")
+                    }
+                    result.images_bytes += h.size
                 } else if let (sub, file) = split(h.name), sub == "images" || sub == "unlinked" {
                     try copyEntry(reader, to: "\(snap)/\(sub)/\(file)", mode: mode_t(h.mode & 0o777))
                     if sub == "images" { result.images_bytes += h.size } else { result.unlinked_bytes += h.size }
@@ -523,6 +563,9 @@ public enum Transfer {
     }
 
     /// "images/NAME" → ("images", "NAME") when NAME is one plain file name.
+    /// An image sent as a `BlockDelta` against the parent's of the same name.
+    static let deltaSuffix = ".crsnap-delta"
+
     static func split(_ entry: String) -> (String, String)? {
         let parts = entry.split(separator: "/", omittingEmptySubsequences: false)
         guard parts.count == 2 else { return nil }

@@ -63,6 +63,15 @@ public final class ArchiveWriter {
         return size
     }
 
+    /// An entry of `size` bytes that `body` writes into the sink it is given.
+    public func add(name: String, size: UInt64, mode: UInt32 = 0o600, writing body: (ByteSink) throws -> Void) throws {
+        let hash = SHA256()
+        try tar.add(Tar.Header(name: name, size: size, mode: mode, mtime: mtime)) { inner in
+            try body(HashingSink(inner, hash))
+        }
+        sums.append((name, try hash.hex()))
+    }
+
     /// Everything `source` gives, as chunks NAME.000000, ...; the bytes and
     /// the number of chunks (at least one, empty for an empty stream).
     @discardableResult
@@ -188,3 +197,21 @@ public final class ArchiveReader {
 }
 
 extension ArchiveReader: ByteSource {}
+
+/// Passes bytes on to another sink, hashing them on the way.
+public final class HashingSink: ByteSink {
+    let next: ByteSink
+    public let hash: SHA256
+
+    public init(_ next: ByteSink, _ hash: SHA256 = SHA256()) {
+        self.next = next
+        self.hash = hash
+    }
+
+    public func write(_ bytes: UnsafeRawBufferPointer) throws {
+        try hash.update(bytes)
+        try next.write(bytes)
+    }
+
+    public func finish() throws { try next.finish() }
+}

@@ -123,8 +123,11 @@ struct SendCommand: ParsableCommand {
         receive`. With --parent, a snapshot of the same container that the
         receiving store holds too (sent or imported there before), the
         filesystem half is a btrfs send stream with that parent: only the
-        extents that changed since it travel. CRIU's images travel whole. The
-        size sent is said on standard error when it is done (with --json, as
+        extents that changed since it travel, and an image that differs
+        little from the parent's of the same name (the memory pages of a
+        service whose memory mostly stayed) travels as the 4 KiB blocks that
+        changed, rebuilt on the other side from the parent's and checked
+        against the hash take recorded. The size sent is said on standard error when it is done (with --json, as
         JSON there).
         """
     )

@@ -307,6 +307,9 @@ final class TransferTests: XCTestCase {
         XCTAssertLessThan(bytes(incSent, "fs_bytes") * 20, bytes(fullSent, "fs_bytes"),
                           "the incremental filesystem stream is a small part of the full one: \(bytes(incSent, "fs_bytes")) vs \(bytes(fullSent, "fs_bytes"))")
         XCTAssertLessThan(bytes(incSent, "bytes"), bytes(fullSent, "bytes") - (32 << 20), "the whole incremental archive is smaller by at least the unchanged file")
+        XCTAssertLessThan(bytes(incSent, "images_bytes") * 2, bytes(fullSent, "images_bytes"),
+                          "the images travel as the blocks that changed since the parent's: \(bytes(incSent, "images_bytes")) vs \(bytes(fullSent, "images_bytes"))")
+        XCTAssertEqual(bytes(incSent, "images_bytes"), bytes(incReceived, "images_bytes"))
 
         // The incremental snapshot is whole on the other side: its files and processes come back together.
         XCTAssertEqual(try inStore2(["verify", "\(c.name)@\(second)"]).status, 0)
