@@ -124,15 +124,7 @@ enum CheckpointArchive {
     static func write(_ c: Container, _ n: Int, into out: FileSink, compress: Bool) throws -> TransferResult {
         let started = DispatchTime.now()
         let id = SnapshotID(container: c.name, number: n)
-        let m = try c.manifest(n)
-        if m.isFilesOnly {
-            throw CrsnapError(.usage, "\(id) is a files-only snapshot: it holds no checkpoint of processes, which a checkpoint archive is; nothing was written")
-        }
-        try Verify.require(c, n, doing: "export of \(id)")
-        let config = try c.config()
-        if !(config.volumes ?? []).isEmpty {
-            throw CrsnapError(.usage, "\(id): container \"\(c.name)\" has volumes (--volume), which an archive does not carry yet; nothing was written")
-        }
+        let (m, config) = try Transfer.exportable(c, n, processes: true)
         let dir = c.snapshotDir(n)
         let diff = try rootfsDiff(root: m.kind == .overlay ? "\(dir)/fs/upper" : "\(dir)/fs", kind: m.kind)
         let tar = TarWriter(compress ? try ZstdSink(out) : out)

@@ -217,12 +217,7 @@ public enum Lifecycle {
         return ma.source == mb.source
     }
 
-    static func selfExecutable() throws -> String {
-        var buf = [CChar](repeating: 0, count: 4096)
-        let n = readlink("/proc/self/exe", &buf, buf.count - 1)
-        guard n > 0 else { throw SystemError("readlink", "/proc/self/exe", errno: errno) }
-        return String(decoding: buf[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
-    }
+    static func selfExecutable() throws -> String { try Sys.readLink("/proc/self/exe") }
 
     /// Starts `crsnap _monitor` detached (its own session, no inherited stdio)
     /// and waits for its first line. Returns the container's init pid (0 when idle).

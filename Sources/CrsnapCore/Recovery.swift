@@ -174,20 +174,13 @@ enum Recovery {
             var links = ["cwd", "root"]
             links += ((try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/fd")) ?? []).map { "fd/\($0)" }
             for l in links {
-                if let t = readLink("/proc/\(pid)/\(l)"), t == path || t.hasPrefix(path + "/") {
+                if let t = try? Sys.readLink("/proc/\(pid)/\(l)"), t == path || t.hasPrefix(path + "/") {
                     out.append(pid)
                     break
                 }
             }
         }
         return out
-    }
-
-    static func readLink(_ path: String) -> String? {
-        var buf = [CChar](repeating: 0, count: 4096)
-        let n = readlink(path, &buf, buf.count - 1)
-        guard n > 0 else { return nil }
-        return String(decoding: buf[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
     }
 
     /// The watchdog's check: a frozen cgroup that no CRIU is working on is

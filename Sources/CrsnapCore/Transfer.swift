@@ -152,12 +152,7 @@ public enum Transfer {
         let started = DispatchTime.now()
         let store = c.store
         let id = SnapshotID(container: c.name, number: n)
-        let m = try c.manifest(n)
-        if verify { try Verify.require(c, n, doing: "export of \(id)") }
-        let config = try c.config()
-        if !(config.volumes ?? []).isEmpty {
-            throw CrsnapError(.usage, "\(id): container \"\(c.name)\" has volumes (--volume), which an archive does not carry yet; nothing was written")
-        }
+        let (m, config) = try exportable(c, n, verify: verify)
         let dir = c.snapshotDir(n)
         let fs = "\(dir)/fs"
         var header = ArchiveHeader(format: 1, kind: "snapshot", snapshot: id.description, container: c.name, number: n,
@@ -218,6 +213,23 @@ public enum Transfer {
         result.archive_bytes = writer.bytes
         result.ms = milliseconds(since: started)
         return result
+    }
+
+    /// Snapshot `n`'s manifest and its container's config, checked for an
+    /// export: with `processes`, not a files-only snapshot; verified (unless
+    /// the caller took it itself just now); no volumes.
+    static func exportable(_ c: Container, _ n: Int, processes: Bool = false, verify: Bool = true) throws -> (Manifest, ContainerConfig) {
+        let id = SnapshotID(container: c.name, number: n)
+        let m = try c.manifest(n)
+        if processes && m.isFilesOnly {
+            throw CrsnapError(.usage, "\(id) is a files-only snapshot: it holds no checkpoint of processes, which a checkpoint archive is; nothing was written")
+        }
+        if verify { try Verify.require(c, n, doing: "export of \(id)") }
+        let config = try c.config()
+        if !(config.volumes ?? []).isEmpty {
+            throw CrsnapError(.usage, "\(id): container \"\(c.name)\" has volumes (--volume), which an archive does not carry yet; nothing was written")
+        }
+        return (m, config)
     }
 
     /// Reads one archive from `path` (nil: standard input) into the store,
@@ -303,13 +315,13 @@ public enum Transfer {
                                     archive_bytes: 0, fs_bytes: 0, parent: nil, images_bytes: 0, unlinked_bytes: 0,
                                     created_container: nil, ms: 0)
         // An incremental archive needs its parent here, in this container.
-        var localParent: Int?
+        var localParent: (number: Int, sums: [String: String])?
         if let p = header.parent {
             guard c.exists, let local = c.snapshotNumbers().first(where: { Snapshots.identity(c, $0) == p.uuid }) else {
                 throw CrsnapError(.notFound, "\(what) is incremental on \(p.snapshot), which container \"\(target)\" in store \(store.path) does not hold (send it first, or send without --parent); nothing was changed")
             }
             result.parent = "\(target)@\(local)"
-            localParent = local
+            localParent = (local, (try? c.manifest(local))?.images_sha256 ?? [:])
         }
         var config: ContainerConfig?
         var manifest: Manifest?
@@ -340,18 +352,18 @@ public enum Transfer {
                     guard let local = localParent, let m = manifest else {
                         throw Malformed("\(h.name) is a block delta, in an archive \(localParent == nil ? "without a parent" : "before its manifest.json")")
                     }
-                    let base = "\(c.snapshotDir(local))/images/\(name)"
+                    let base = "\(c.snapshotDir(local.number))/images/\(name)"
                     let fd = try Sys.open("\(snap)/images/\(name)", O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC,
                                           mode: h.mode & 0o777 == 0 ? 0o600 : mode_t(h.mode & 0o777))
                     defer { Sys.close(fd) }
                     let out = HashingSink(FileSink(fd: fd, name: "\(snap)/images/\(name)"))
                     do {
-                        try BlockDelta.apply(from: reader, base: base, expectBaseSHA256: (try? c.manifest(local))?.images_sha256?[name], into: out)
+                        try BlockDelta.apply(from: reader, base: base, expectBaseSHA256: local.sums[name], into: out)
                     } catch let e as ArchiveError {
                         throw Malformed("images/\(name): \(e.message)")
                     }
                     if let want = m.images_sha256?[name], try out.hash.hex() != want {
-                        throw Malformed("images/\(name) rebuilt from \(target)@\(local) does not match the hash its snapshot recorded")
+                        throw Malformed("images/\(name) rebuilt from \(target)@\(local.number) does not match the hash its snapshot recorded")
                     }
                     result.images_bytes += h.size
                 } else if let (sub, file) = split(h.name), sub == "images" || sub == "unlinked" {

@@ -35,6 +35,15 @@ public enum Sys {
         }
     }
 
+    /// Where the symbolic link (or /proc magic link) at `path` points.
+    public static func readLink(_ path: String) throws -> String {
+        // PATH_MAX, and room for what /proc appends (" (deleted)").
+        var buf = [CChar](repeating: 0, count: Int(PATH_MAX) + 16)
+        let n = readlink(path, &buf, buf.count - 1)
+        guard n > 0 else { throw SystemError("readlink", path, errno: errno) }
+        return String(decoding: buf[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    }
+
     public static func open(_ path: String, _ flags: Int32, mode: mode_t = 0o644) throws -> Int32 {
         try check("open", path) { Glibc.open(path, flags | O_CLOEXEC, mode) }
     }

@@ -58,16 +58,10 @@ public enum TreeDiff {
     static func same(_ a: Entry, _ b: Entry, _ oldPath: String, _ newPath: String) -> Bool {
         if a.st.st_mode != b.st.st_mode || a.st.st_uid != b.st.st_uid || a.st.st_gid != b.st.st_gid { return false }
         if a.isDir { return true }
-        if a.st.st_mode & S_IFMT == S_IFLNK { return readLink(oldPath) == readLink(newPath) }
+        if a.st.st_mode & S_IFMT == S_IFLNK { return (try? Sys.readLink(oldPath)) == (try? Sys.readLink(newPath)) }
         return a.st.st_ino == b.st.st_ino && a.st.st_size == b.st.st_size
             && a.st.st_ctim.tv_sec == b.st.st_ctim.tv_sec && a.st.st_ctim.tv_nsec == b.st.st_ctim.tv_nsec
             && a.st.st_mtim.tv_sec == b.st.st_mtim.tv_sec && a.st.st_mtim.tv_nsec == b.st.st_mtim.tv_nsec
-    }
-
-    static func readLink(_ path: String) -> String {
-        var buf = [CChar](repeating: 0, count: 4096)
-        let n = readlink(path, &buf, buf.count - 1)
-        return n > 0 ? String(decoding: buf[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self) : ""
     }
 
     /// Every path below a directory only one side has.

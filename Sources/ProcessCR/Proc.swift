@@ -90,12 +90,7 @@ public enum Proc {
     }
 
     /// What a /proc magic link (fd/N, map_files/RANGE) points at.
-    public static func fdTarget(path: String) -> String? {
-        var buf = [CChar](repeating: 0, count: Int(PATH_MAX) + 16)
-        let n = readlink(path, &buf, buf.count - 1)
-        guard n > 0 else { return nil }
-        return String(decoding: buf[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
-    }
+    public static func fdTarget(path: String) -> String? { try? Sys.readLink(path) }
 
     public static func capabilityEffective() -> UInt64? {
         guard let status = try? Sys.readText("/proc/self/status"), let v = field("CapEff", in: status) else { return nil }

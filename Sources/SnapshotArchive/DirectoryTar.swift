@@ -67,7 +67,7 @@ public struct DirectoryTar {
                     source = path
                 }
             case S_IFLNK:
-                h.kind = .symlink(to: try Self.linkTarget(path))
+                h.kind = .symlink(to: try Sys.readLink(path))
             case S_IFCHR:
                 h.kind = .characterDevice(major: Self.major(UInt64(st.st_rdev)), minor: Self.minor(UInt64(st.st_rdev)))
             case S_IFBLK:
@@ -86,13 +86,6 @@ public struct DirectoryTar {
     /// glibc's encoding of a device number (sys/sysmacros.h).
     static func major(_ dev: UInt64) -> UInt32 { UInt32(truncatingIfNeeded: ((dev >> 8) & 0xfff) | ((dev >> 32) & ~UInt64(0xfff))) }
     static func minor(_ dev: UInt64) -> UInt32 { UInt32(truncatingIfNeeded: (dev & 0xff) | ((dev >> 12) & ~UInt64(0xff))) }
-
-    static func linkTarget(_ path: String) throws -> String {
-        var buf = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
-        let n = readlink(path, &buf, buf.count)
-        guard n >= 0 else { throw SystemError("readlink", path, errno: errno) }
-        return String(decoding: buf[..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
-    }
 
     /// Writes the planned entries and the end blocks into `sink` (left
     /// open); a regular file that no longer has its planned size is an error.

@@ -161,8 +161,7 @@ public final class TarWriter {
     public init(_ sink: ByteSink) { self.sink = sink }
 
     func emit(_ b: [UInt8]) throws {
-        try sink.write(b)
-        bytes += UInt64(b.count)
+        try b.withUnsafeBytes { try emit($0) }
     }
 
     func emit(_ b: UnsafeRawBufferPointer) throws {
