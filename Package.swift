@@ -48,7 +48,7 @@ let package = Package(
         ),
         .testTarget(name: "CrsnapCoreTests", dependencies: ["CrsnapCore", "ContainerNetwork"]),
         .testTarget(name: "ProcessCRTests", dependencies: ["ProcessCR"]),
-        .testTarget(name: "SnapshotArchiveTests", dependencies: ["SnapshotArchive"]),
+        .testTarget(name: "SnapshotArchiveTests", dependencies: ["SnapshotArchive", "FSSnapshot"]),
         // Workloads/ holds the Python programs the tests run inside containers (read by path).
         .testTarget(name: "IntegrationTests", dependencies: ["CrsnapCore", "FSSnapshot", "ContainerNetwork", "crsnap"], exclude: ["Workloads"]),
     ],

@@ -272,7 +272,8 @@ public enum Migrate {
         do {
             try Faults.check("migrate.stopped")
             let t = DispatchTime.now()
-            two = try send(c, second, parent: first, to: dest, compress: compress)
+            // A copy store's snapshots travel whole (no parent to send against).
+            two = try send(c, second, parent: store.backend is BtrfsBackend ? first : nil, to: dest, compress: compress)
             sendMs = milliseconds(since: t)
             sentThere.append("\(name)@\(second)")
             try Faults.check("migrate.resume")

@@ -14,12 +14,18 @@ import Glibc
 ///   manifest.json            the snapshot's manifest
 ///   images/NAME              CRIU's images (none in a files-only snapshot)
 ///   unlinked/NAME            the unlinked open files captured with it
-///   fs.btrfs.000000, ...     the filesystem half: a btrfs send stream, in chunks
-///                            (with a parent: only what changed since it)
+///   fs.btrfs.000000, ...     the filesystem half from a btrfs store: a btrfs
+///                            send stream, in chunks (with a parent: only what
+///                            changed since it)
+///   fs.tar                   or from a copy store: the snapshot's tree as tar
+///                            (owners, modes, devices, extended attributes)
 ///   SHA256SUMS               the SHA-256 of every entry above
 struct ArchiveHeader: Codable, Equatable {
     static let entryName = "crsnap-archive.json"
     static let fsStream = "fs.btrfs"
+    static let fsTar = "fs.tar"
+    /// The values of `filesystem`.
+    static let btrfsSend = "btrfs-send", tar = "tar"
 
     var format: Int
     /// What kind of archive: "snapshot" (one snapshot, whole).
@@ -30,7 +36,7 @@ struct ArchiveHeader: Codable, Equatable {
     var number: Int
     var store: String
     var exported: Date
-    /// How the filesystem half travels: "btrfs-send".
+    /// How the filesystem half travels: "btrfs-send" or "tar".
     var filesystem: String
     /// Its identity across stores: the uuid a receiver records as the
     /// received subvolume's received uuid.
@@ -99,8 +105,8 @@ public enum Transfer {
     public static func export(store: Store, id: SnapshotID, parent: SnapshotID? = nil, to path: String?,
                               compress: Bool, format: ArchiveFormat = .crsnap) throws -> TransferResult {
         let started = DispatchTime.now()
-        guard format == .checkpointArchive || store.backend is BtrfsBackend else {
-            throw CrsnapError(.usage, "store \(store.path) keeps plain directories (a copy store): export needs a btrfs store for now (--format checkpoint-archive works on any store); nothing was written")
+        if parent != nil && !(store.backend is BtrfsBackend) {
+            throw CrsnapError(.usage, "--parent needs a btrfs store: store \(store.path) keeps plain directories (a copy store), whose snapshots travel whole (send without --parent); nothing was written")
         }
         if parent != nil && format != .crsnap {
             throw CrsnapError(.usage, "--parent needs crsnap's own format: a \(format.rawValue) holds the whole snapshot; nothing was written")
@@ -155,9 +161,11 @@ public enum Transfer {
         let (m, config) = try exportable(c, n, verify: verify)
         let dir = c.snapshotDir(n)
         let fs = "\(dir)/fs"
+        // A copy store's snapshots are plain directories: they travel as tar.
+        let btrfs = store.backend is BtrfsBackend
         var header = ArchiveHeader(format: 1, kind: "snapshot", snapshot: id.description, container: c.name, number: n,
-                                   store: store.id, exported: Date(), filesystem: "btrfs-send",
-                                   uuid: (try? Btrfs.identity(fs)).map(\.acrossStores))
+                                   store: store.id, exported: Date(), filesystem: btrfs ? ArchiveHeader.btrfsSend : ArchiveHeader.tar,
+                                   uuid: btrfs ? (try? Btrfs.identity(fs)).map(\.acrossStores) : nil)
         var parentFS: String?
         var parentImages: (dir: String, sums: [String: String])?
         if let parent {
@@ -199,14 +207,23 @@ public enum Transfer {
         for name in regularFiles("\(dir)/unlinked") {
             result.unlinked_bytes += try writer.add(name: "unlinked/\(name)", file: "\(dir)/unlinked/\(name)")
         }
-        let send = try BtrfsStream.send(fs, parent: parentFS)
-        do {
-            result.fs_bytes = try writer.add(stream: ArchiveHeader.fsStream, from: FileSource(fd: send.fd, name: "btrfs send")).bytes
-            try send.finish()
-        } catch {
-            send.abort()
-            let said = send.stderr.trimmingCharacters(in: .whitespacesAndNewlines)
-            throw CrsnapError(.failed, "export of \(id) failed: \(error)" + (said.isEmpty ? "" : " (btrfs send: \(said))"))
+        if btrfs {
+            let send = try BtrfsStream.send(fs, parent: parentFS)
+            do {
+                result.fs_bytes = try writer.add(stream: ArchiveHeader.fsStream, from: FileSource(fd: send.fd, name: "btrfs send")).bytes
+                try send.finish()
+            } catch {
+                send.abort()
+                let said = send.stderr.trimmingCharacters(in: .whitespacesAndNewlines)
+                throw CrsnapError(.failed, "export of \(id) failed: \(error)" + (said.isEmpty ? "" : " (btrfs send: \(said))"))
+            }
+        } else {
+            guard store.backend.isVolume(fs) else {
+                throw CrsnapError(.failed, "snapshot \(id) is damaged: its filesystem snapshot \(fs) is missing; nothing was written")
+            }
+            let tree = try DirectoryTar(root: fs, withRoot: true, xattrs: true)
+            try writer.add(name: ArchiveHeader.fsTar, size: tree.size) { try tree.write(into: $0) }
+            result.fs_bytes = tree.size
         }
         try writer.finish()
         result.bytes = out.bytes
@@ -243,9 +260,7 @@ public enum Transfer {
     public static func importArchive(store: Store, from path: String?, as name: String?) throws -> TransferResult {
         let started = DispatchTime.now()
         if let name { try Names.validate(name) }
-        guard store.backend is BtrfsBackend else {
-            throw CrsnapError(.usage, "store \(store.path) keeps plain directories (a copy store): import needs a btrfs store for now; nothing was changed")
-        }
+        let btrfs = store.backend is BtrfsBackend
         var inFD: Int32 = 0
         if let path {
             guard Sys.exists(path) else { throw CrsnapError(.notFound, "no file \(path)") }
@@ -280,13 +295,19 @@ public enum Transfer {
             guard header.format == 1, header.kind == "snapshot" else {
                 throw Malformed("it is a \(header.kind) archive of format \(header.format); this crsnap reads snapshot archives of format 1")
             }
-            guard header.filesystem == "btrfs-send" else {
-                throw Malformed("its filesystem half is \"\(header.filesystem)\"; this crsnap reads btrfs send streams")
+            guard header.filesystem == ArchiveHeader.btrfsSend || header.filesystem == ArchiveHeader.tar else {
+                throw Malformed("its filesystem half is \"\(header.filesystem)\"; this crsnap reads btrfs send streams and tar")
+            }
+            guard header.filesystem == ArchiveHeader.btrfsSend || header.parent == nil else {
+                throw Malformed("its filesystem half is a tar, which is never incremental, yet it names a parent")
             }
         } catch let e as Malformed {
             throw damaged(drain(reader, e))
         } catch let e as ArchiveError {
             throw damaged(e)
+        }
+        if header.filesystem == ArchiveHeader.btrfsSend && !btrfs {
+            throw CrsnapError(.usage, "\(what) holds \(header.snapshot)'s files as a btrfs send stream, which store \(store.path) cannot receive: it keeps plain directories (a copy store); import it into a btrfs store; nothing was changed")
         }
         let target = name ?? header.container
         try Names.validate(target)
@@ -328,6 +349,7 @@ public enum Transfer {
         var receive: PipedProgram?
         var receiveFailed: Error?
         var nextChunk = 0
+        var unpacked = false
         defer { receive?.abort() }
         do {
             while let h = try reader.next() {
@@ -383,6 +405,23 @@ public enum Transfer {
                         do { try copy(reader, to: FileSink(fd: r.fd, name: "btrfs receive")) } catch { receiveFailed = error }
                     }
                     result.fs_bytes += h.size
+                } else if h.name == ArchiveHeader.fsTar, header.filesystem == ArchiveHeader.tar {
+                    // A copy store's tree: unpacked into a new volume (a
+                    // subvolume on btrfs, made read-only as a snapshot is).
+                    guard config != nil, manifest != nil else { throw Malformed("\(h.name) comes before config.json and manifest.json") }
+                    try store.backend.createVolume("\(snap)/fs")
+                    let tree = TarReader(reader, tree: true)
+                    do {
+                        try DirectoryTar.unpack(tree, into: "\(snap)/fs")
+                        try tree.drain()
+                    } catch let e as ArchiveError {
+                        throw Malformed("\(h.name): \(e.message)")
+                    } catch let e as SystemError {
+                        throw Malformed("\(h.name): \(e)")
+                    }
+                    if btrfs { try Btrfs.setReadOnly("\(snap)/fs", true) }
+                    unpacked = true
+                    result.fs_bytes += h.size
                 } else {
                     throw Malformed("it holds \(h.name), which a crsnap snapshot archive does not: not a crsnap archive (or one from a newer crsnap)")
                 }
@@ -394,16 +433,20 @@ public enum Transfer {
         }
         // Every entry matched SHA256SUMS.
         guard let config, let manifest else { throw damaged(ArchiveError("it lacks config.json or manifest.json")) }
-        guard let receive else { throw damaged(ArchiveError("it lacks the filesystem stream \(ArchiveHeader.fsStream).000000")) }
-        do {
-            if let receiveFailed { throw receiveFailed }
-            try receive.finish()
-        } catch {
-            let said = receive.stderr.trimmingCharacters(in: .whitespacesAndNewlines)
-            throw CrsnapError(.failed, "import of \(what) failed: btrfs receive: \(said.isEmpty ? "\(error)" : said); nothing was changed")
-        }
-        guard store.backend.isVolume("\(snap)/fs") else {
-            throw CrsnapError(.failed, "import of \(what) failed: btrfs receive made no subvolume \(snap)/fs; nothing was changed")
+        if header.filesystem == ArchiveHeader.tar {
+            guard unpacked else { throw damaged(ArchiveError("it lacks the filesystem tree \(ArchiveHeader.fsTar)")) }
+        } else {
+            guard let receive else { throw damaged(ArchiveError("it lacks the filesystem stream \(ArchiveHeader.fsStream).000000")) }
+            do {
+                if let receiveFailed { throw receiveFailed }
+                try receive.finish()
+            } catch {
+                let said = receive.stderr.trimmingCharacters(in: .whitespacesAndNewlines)
+                throw CrsnapError(.failed, "import of \(what) failed: btrfs receive: \(said.isEmpty ? "\(error)" : said); nothing was changed")
+            }
+            guard store.backend.isVolume("\(snap)/fs") else {
+                throw CrsnapError(.failed, "import of \(what) failed: btrfs receive made no subvolume \(snap)/fs; nothing was changed")
+            }
         }
         try Faults.check("import.received")
 
@@ -412,7 +455,7 @@ public enum Transfer {
         m.id = "\(target)@\(n)"
         m.container = target
         m.received = Manifest.Received(snapshot: header.snapshot, store: header.store,
-                                       uuid: (try? Btrfs.identity("\(snap)/fs"))?.receivedUUID ?? header.uuid, at: Date())
+                                       uuid: btrfs ? (try? Btrfs.identity("\(snap)/fs"))?.receivedUUID ?? header.uuid : header.uuid, at: Date())
         try JSON.write(m, to: "\(snap)/manifest.json")
         result.archive_bytes = reader.offset
         result.bytes = input.bytes

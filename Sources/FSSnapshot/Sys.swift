@@ -44,6 +44,38 @@ public enum Sys {
         return String(decoding: buf[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
     }
 
+    /// The extended attributes of `path` itself (a symbolic link's own, not
+    /// its target's), by name; none where the filesystem keeps none.
+    public static func extendedAttributes(_ path: String) throws -> [String: [UInt8]] {
+        var size = llistxattr(path, nil, 0)
+        if size < 0 && (errno == ENOTSUP || errno == ENODATA) { return [:] }
+        guard size >= 0 else { throw SystemError("llistxattr", path, errno: errno) }
+        if size == 0 { return [:] }
+        var names = [CChar](repeating: 0, count: size)
+        size = llistxattr(path, &names, names.count)
+        guard size >= 0 else { throw SystemError("llistxattr", path, errno: errno) }
+        var out: [String: [UInt8]] = [:]
+        for raw in names[..<size].split(separator: 0) {
+            let name = String(decoding: raw.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+            let n = lgetxattr(path, name, nil, 0)
+            if n < 0 && errno == ENODATA { continue }  // removed meanwhile
+            guard n >= 0 else { throw SystemError("lgetxattr \(name)", path, errno: errno) }
+            var value = [UInt8](repeating: 0, count: n)
+            let got = value.withUnsafeMutableBytes { lgetxattr(path, name, $0.baseAddress, n) }
+            guard got >= 0 else { throw SystemError("lgetxattr \(name)", path, errno: errno) }
+            out[name] = Array(value[..<got])
+        }
+        return out
+    }
+
+    /// Sets extended attribute `name` of `path` itself (not following a
+    /// symbolic link).
+    public static func setExtendedAttribute(_ path: String, _ name: String, _ value: [UInt8]) throws {
+        try check("lsetxattr \(name)", path) {
+            value.withUnsafeBytes { lsetxattr(path, name, $0.baseAddress, value.count, 0) }
+        }
+    }
+
     public static func open(_ path: String, _ flags: Int32, mode: mode_t = 0o644) throws -> Int32 {
         try check("open", path) { Glibc.open(path, flags | O_CLOEXEC, mode) }
     }

@@ -62,9 +62,12 @@ public enum Tar {
         public var kind: Kind
         public var uid: UInt32
         public var gid: UInt32
+        /// Extended attributes, by name (pax "SCHILY.xattr." records, as GNU
+        /// tar's --xattrs writes and reads them).
+        public var xattrs: [String: [UInt8]]
 
         public init(name: String, size: UInt64, mode: UInt32 = 0o600, mtime: UInt64 = 0, kind: Kind = .file,
-                    uid: UInt32 = 0, gid: UInt32 = 0) {
+                    uid: UInt32 = 0, gid: UInt32 = 0, xattrs: [String: [UInt8]] = [:]) {
             self.name = name
             self.size = size
             self.mode = mode
@@ -72,23 +75,27 @@ public enum Tar {
             self.kind = kind
             self.uid = uid
             self.gid = gid
+            self.xattrs = xattrs
         }
     }
 
     /// The largest value of an 8-byte octal field (uid, gid, mode).
     static let smallMax: UInt64 = 0o7777777
+    /// The prefix of a pax record that holds an extended attribute.
+    static let xattrKey = "SCHILY.xattr."
 
     /// The blocks that introduce `h`: a pax header first when the name, the
     /// link target, the size or an id does not fit the ustar fields.
     static func encode(_ h: Header) -> [UInt8] {
-        var records: [(String, String)] = []
+        var records: [(String, [UInt8])] = []
         let nameBytes = Array(h.name.utf8)
         let linkBytes = Array((h.kind.link ?? "").utf8)
-        if nameBytes.count > 100 { records.append(("path", h.name)) }
-        if linkBytes.count > 100 { records.append(("linkpath", h.kind.link ?? "")) }
-        if h.size > 0o77777777777 { records.append(("size", String(h.size))) }
-        if UInt64(h.uid) > smallMax { records.append(("uid", String(h.uid))) }
-        if UInt64(h.gid) > smallMax { records.append(("gid", String(h.gid))) }
+        if nameBytes.count > 100 { records.append(("path", nameBytes)) }
+        if linkBytes.count > 100 { records.append(("linkpath", linkBytes)) }
+        if h.size > 0o77777777777 { records.append(("size", Array(String(h.size).utf8))) }
+        if UInt64(h.uid) > smallMax { records.append(("uid", Array(String(h.uid).utf8))) }
+        if UInt64(h.gid) > smallMax { records.append(("gid", Array(String(h.gid).utf8))) }
+        for (name, value) in h.xattrs.sorted(by: { $0.key < $1.key }) { records.append((xattrKey + name, value)) }
         var out: [UInt8] = []
         if !records.isEmpty {
             var body: [UInt8] = []
@@ -104,12 +111,13 @@ public enum Tar {
         return out
     }
 
-    /// "LEN key=value\n", LEN counting itself.
-    static func paxRecord(_ key: String, _ value: String) -> [UInt8] {
-        let rest = " \(key)=\(value)\n".utf8.count
+    /// "LEN key=value\n", LEN counting itself; the value is bytes (an
+    /// extended attribute's need not be text).
+    static func paxRecord(_ key: String, _ value: [UInt8]) -> [UInt8] {
+        let rest = 1 + key.utf8.count + 1 + value.count + 1
         var len = rest + 1
         while String(len).count + rest != len { len += 1 }
-        return Array("\(len) \(key)=\(value)\n".utf8)
+        return Array("\(len) \(key)=".utf8) + value + [0x0A]
     }
 
     static func ustar(_ h: Header, type: UInt8, link: ArraySlice<UInt8> = []) -> [UInt8] {
@@ -257,16 +265,21 @@ public final class TarWriter {
 
 /// Reads a tar stream entry by entry: `next()` for the header, then
 /// `read(into:)` for its content (what is left unread is skipped).
-/// Accepts regular files only: anything else is not one of crsnap's archives.
+/// By default accepts regular files only: anything else is not one of
+/// crsnap's archives. With `tree`, every kind `DirectoryTar` writes.
 public final class TarReader {
     let source: ByteSource
+    let tree: Bool
     var left: UInt64 = 0
     var pad = 0
     public private(set) var current: Tar.Header?
     /// Offset of the next byte in the tar stream, for error messages.
     public private(set) var offset: UInt64 = 0
 
-    public init(_ source: ByteSource) { self.source = source }
+    public init(_ source: ByteSource, tree: Bool = false) {
+        self.source = source
+        self.tree = tree
+    }
 
     func exact(_ count: Int, _ what: String) throws -> [UInt8] {
         var b = [UInt8](repeating: 0, count: count)
@@ -280,7 +293,7 @@ public final class TarReader {
     public func next() throws -> Tar.Header? {
         if let current { try skip(current) }
         current = nil
-        var pax: [String: String] = [:]
+        var pax: [String: [UInt8]] = [:]
         while true {
             let at = offset
             let b = try exact(Tar.block, "a header")
@@ -304,18 +317,41 @@ public final class TarReader {
                 if type == UInt8(ascii: "x") { pax.merge(try Self.parsePax(body, at: at)) { $1 } }
                 continue
             }
-            guard type == UInt8(ascii: "0") || type == 0 else {
-                throw ArchiveError("the entry at byte \(at) (\(field(0, 100))) is of type '\(Character(UnicodeScalar(type)))', not a regular file: not a crsnap archive")
+            func text(_ key: String) -> String? { pax[key].map { String(decoding: $0, as: UTF8.self) } }
+            func paxNumber(_ key: String) throws -> UInt64? {
+                guard let s = text(key) else { return nil }
+                guard let v = UInt64(s) else { throw ArchiveError("the pax \(key) \"\(s)\" at byte \(at) is not a number") }
+                return v
+            }
+            let link = text("linkpath") ?? field(157, 100)
+            let kind: Tar.Header.Kind
+            switch type {
+            case UInt8(ascii: "0"), 0: kind = .file
+            case UInt8(ascii: "1") where tree: kind = .hardlink(to: link)
+            case UInt8(ascii: "2") where tree: kind = .symlink(to: link)
+            case UInt8(ascii: "3") where tree: kind = .characterDevice(major: UInt32(try number(329, 8)), minor: UInt32(try number(337, 8)))
+            case UInt8(ascii: "4") where tree: kind = .blockDevice(major: UInt32(try number(329, 8)), minor: UInt32(try number(337, 8)))
+            case UInt8(ascii: "5") where tree: kind = .directory
+            case UInt8(ascii: "6") where tree: kind = .fifo
+            default:
+                throw ArchiveError("the entry at byte \(at) (\(field(0, 100))) is of type '\(Character(UnicodeScalar(type)))', "
+                                   + (tree ? "which this crsnap does not unpack" : "not a regular file: not a crsnap archive"))
             }
             var name = field(0, 100)
             let prefix = field(345, 155)
             if !prefix.isEmpty { name = prefix + "/" + name }
-            if let p = pax["path"] { name = p }
-            if let s = pax["size"] {
-                guard let v = UInt64(s) else { throw ArchiveError("the pax size \"\(s)\" at byte \(at) is not a number") }
-                size = v
+            if let p = text("path") { name = p }
+            if let v = try paxNumber("size") { size = v }
+            // Only a regular file has content, as DirectoryTar writes them.
+            guard kind == .file || size == 0 else {
+                throw ArchiveError("the entry at byte \(at) (\(name)) is not a regular file but says it holds \(size) bytes")
             }
-            let h = Tar.Header(name: name, size: size, mode: UInt32(try number(100, 8) & 0o7777), mtime: try number(136, 12))
+            var h = Tar.Header(name: name, size: size, mode: UInt32(try number(100, 8) & 0o7777), mtime: try number(136, 12), kind: kind)
+            if tree {
+                h.uid = UInt32(truncatingIfNeeded: try paxNumber("uid") ?? number(108, 8))
+                h.gid = UInt32(truncatingIfNeeded: try paxNumber("gid") ?? number(116, 8))
+                for (k, v) in pax where k.hasPrefix(Tar.xattrKey) { h.xattrs[String(k.dropFirst(Tar.xattrKey.count))] = v }
+            }
             current = h
             left = size
             pad = Tar.padding(size).count
@@ -378,8 +414,8 @@ public final class TarReader {
         }
     }
 
-    static func parsePax(_ body: [UInt8], at: UInt64) throws -> [String: String] {
-        var out: [String: String] = [:]
+    static func parsePax(_ body: [UInt8], at: UInt64) throws -> [String: [UInt8]] {
+        var out: [String: [UInt8]] = [:]
         var i = 0
         while i < body.count {
             guard let space = body[i...].firstIndex(of: 0x20), let len = Int(String(decoding: body[i..<space], as: UTF8.self)),
@@ -387,7 +423,7 @@ public final class TarReader {
                   let eq = body[(space + 1)..<(i + len)].firstIndex(of: UInt8(ascii: "=")) else {
                 throw ArchiveError("the pax header at byte \(at) is malformed")
             }
-            out[String(decoding: body[(space + 1)..<eq], as: UTF8.self)] = String(decoding: body[(eq + 1)..<(i + len - 1)], as: UTF8.self)
+            out[String(decoding: body[(space + 1)..<eq], as: UTF8.self)] = Array(body[(eq + 1)..<(i + len - 1)])
             i += len
         }
         return out

@@ -10,8 +10,10 @@ struct ExportCommand: ParsableCommand {
         The archive is a tar stream: crsnap-archive.json (what it holds),
         config.json (how the container was started), manifest.json, CRIU's
         images under images/, the unlinked open files captured with the
-        snapshot under unlinked/, the filesystem half as a btrfs send stream
-        cut into fs.btrfs.000000, fs.btrfs.000001, ..., and last SHA256SUMS,
+        snapshot under unlinked/, the filesystem half — from a btrfs store a
+        btrfs send stream cut into fs.btrfs.000000, fs.btrfs.000001, ...,
+        from a copy store the snapshot's tree as one tar, fs.tar (owners,
+        modes, devices, extended attributes) — and last SHA256SUMS,
         the SHA-256 of every entry (after `tar xf`, `sha256sum -c SHA256SUMS`
         checks it by hand). --compress zstd makes it one zstd frame
         (`zstd -d` reads it); import tells the two apart by itself.
@@ -77,7 +79,9 @@ struct ImportCommand: ParsableCommand {
         Reads the archive (zstd-compressed or not) from FILE, or standard input
         with -, checks every entry against its SHA256SUMS and receives the
         filesystem half with btrfs receive (the snapshot's files arrive
-        read-only, as a received subvolume). Only when all of it is there and
+        read-only, as a received subvolume), or unpacks a copy store's tree
+        into a new volume (read-only on btrfs). A copy store takes archives
+        from copy stores only: a btrfs send stream needs btrfs. Only when all of it is there and
         checked is the snapshot listed: a damaged, cut-short or interrupted
         import lists nothing and names what was wrong (what it had written is
         removed, or by the next import when it was killed).
@@ -127,8 +131,9 @@ struct SendCommand: ParsableCommand {
         little from the parent's of the same name (the memory pages of a
         service whose memory mostly stayed) travels as the 4 KiB blocks that
         changed, rebuilt on the other side from the parent's and checked
-        against the hash take recorded. The size sent is said on standard error when it is done (with --json, as
-        JSON there).
+        against the hash take recorded. --parent needs a btrfs store: a copy
+        store's snapshots travel whole. The size sent is said on standard
+        error when it is done (with --json, as JSON there).
         """
     )
 
@@ -215,8 +220,8 @@ struct MigrateCommand: ParsableCommand {
         Steps: a snapshot while the container runs (tagged migrate), sent as
         crsnap send does — incremental on the newest snapshot of this container
         the destination already holds, else whole; then the short stop: take
-        --stop, send what changed since the first snapshot, `crsnap resume`
-        there; only when that succeeded is the container removed here (with
+        --stop, send what changed since the first snapshot (from a copy store:
+        the whole snapshot again), `crsnap resume` there; only when that succeeded is the container removed here (with
         its snapshots). If anything fails before, the container runs here again
         — resumed from its stop snapshot if it had been stopped — and what was
         sent is removed from the destination (the whole container there when

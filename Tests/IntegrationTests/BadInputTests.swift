@@ -143,7 +143,7 @@ final class StoreImageTests: XCTestCase {
 final class CopyStoreTests: XCTestCase {
     /// Makes a 1 GiB `fs` loop image, a copy store on it, runs the counter
     /// workload, takes and rolls back; returns take's stats.
-    func copyStoreRoundTrip(_ fs: String, mkfs: [String], doctorSays: String) throws -> [String: Any] {
+    func copyStoreRoundTrip(_ fs: String, mkfs: [String], doctorSays: String, transfer: Bool = false) throws -> [String: Any] {
         try Env.require()
         let dir = "/var/tmp/crsnap-it-\(fs)-\(getpid())"
         let mnt = "\(dir)/mnt"
@@ -180,9 +180,6 @@ final class CopyStoreTests: XCTestCase {
         XCTAssertEqual(ex.status, 0, ex.stderr)
         let inner = try runProgram("/usr/bin/tar", ["xOf", archive, "rootfs-diff.tar"])
         XCTAssertTrue(inner.stdout.contains("var/lib/crsnap-workload/log"), "the workload's files from the \(fs) copy store")
-        let own = try crsnap(["export", "e@1", "-o", "\(dir)/e-1.crsnap"], store: store)
-        XCTAssertNotEqual(own.status, 0)
-        XCTAssertTrue(own.stderr.contains("copy store") && own.stderr.contains("checkpoint-archive"), own.stderr)
         usleep(300_000)
         let rb = try crsnap(["rollback", "e@1"], store: store)
         XCTAssertEqual(rb.status, 0, rb.stderr)
@@ -199,7 +196,104 @@ final class CopyStoreTests: XCTestCase {
         let bad = try crsnap(["init", "--backend", "zfs"], store: store)
         XCTAssertEqual(bad.status, 64)
         XCTAssertTrue(bad.stderr.contains("zfs"), bad.stderr)
+        if transfer { try transferFromCopyStore(store, dir: dir, mnt: mnt) }
         return result
+    }
+
+    /// crsnap's own archive of a copy store's snapshot (its tree as tar):
+    /// imported into a btrfs store and into another copy store, resumed in
+    /// each, memory carries on from the files; the overlay's opaque marks
+    /// and device nodes arrive; what a copy store cannot hold is refused.
+    func transferFromCopyStore(_ store: String, dir: String, mnt: String) throws {
+        let archive = "\(dir)/e-1.crsnap"
+        let ex = try crsnap(["export", "e@1", "-o", archive, "--json"], store: store)
+        XCTAssertEqual(ex.status, 0, ex.stderr)
+        XCTAssertGreaterThan((jsonObject(ex.stdout)["fs_bytes"] as? NSNumber)?.intValue ?? 0, 0)
+        let listed = try runProgram("/usr/bin/tar", ["tf", archive]).stdout
+        XCTAssertTrue(listed.contains("fs.tar\n") && !listed.contains("fs.btrfs"), listed)
+        let inner = try runProgram("/bin/sh", ["-c", "tar xOf \"$0\" fs.tar | tar tvf -", archive]).stdout
+        XCTAssertTrue(inner.contains("./upper/var/lib/crsnap-workload/log") || inner.contains("upper/var/lib/crsnap-workload/log"), inner.prefix(2000).description)
+        let incremental = try crsnap(["send", "e@1", "--parent", "e@1"], store: store)
+        XCTAssertNotEqual(incremental.status, 0)
+        XCTAssertTrue(incremental.stderr.contains("copy store") && incremental.stderr.contains("--parent"), incremental.stderr)
+
+        func resumesAndAgrees(_ name: String, in target: String) throws {
+            let imp = try crsnap(["import", archive, "--as", name, "--json"], store: target)
+            XCTAssertEqual(imp.status, 0, imp.stderr)
+            let c = TestContainer(name: name, overlay: true, store: target)
+            let upper = c.snapshotFiles(1)
+            XCTAssertEqual(try Sys.extendedAttributes("\(upper)/tmp")["trusted.overlay.opaque"], Array("y".utf8),
+                           "the private /tmp stays opaque in \(target)")
+            var st = stat()
+            XCTAssertEqual(lstat("\(upper)/dev/null", &st), 0)
+            XCTAssertEqual(st.st_mode & S_IFMT, S_IFCHR, "/dev/null is a device in \(target)")
+            XCTAssertEqual(st.st_rdev, dev_t((1 << 8) | 3))
+            let atSnapshot = counterLines(c.snapshotWorkloadLog(1)).last ?? 0
+            XCTAssertGreaterThan(atSnapshot, 0)
+            let r = try crsnap(["resume", name], store: target)
+            XCTAssertEqual(r.status, 0, r.stderr)
+            XCTAssertTrue(waitFor(15) { (counterLines(c.workloadLog).last ?? 0) > atSnapshot + 5 }, "\(name) did not carry on in \(target)")
+            let lines = counterLines(c.workloadLog)
+            XCTAssertEqual(lines, Array(1...(lines.last ?? 0)), "memory and files agree in \(target)")
+            let said = try crsnap(["logs", name], store: target).stdout
+            XCTAssertFalse(said.contains("ERR") || said.contains("Traceback"), "\(name) in \(target): \(said.suffix(400))")
+        }
+
+        // Into the btrfs test store: the tree becomes a read-only subvolume.
+        let name = uniqueName("fromcopy")
+        defer { _ = try? crsnap(["rm", "--force", name]) }
+        try resumesAndAgrees(name, in: Env.store!)
+        XCTAssertEqual(try Btrfs.isReadOnly("\(Env.store!)/containers/\(name)/snapshots/1/fs"), true)
+
+        // Into another copy store.
+        let store2 = "\(mnt)/store2"
+        XCTAssertEqual(try crsnap(["init", "--backend", "copy"], store: store2).status, 0)
+        defer { _ = try? crsnap(["rm", "--force", "e2"], store: store2) }
+        try resumesAndAgrees("e2", in: store2)
+
+        // A btrfs store's archive carries a btrfs send stream: refused by a
+        // copy store, naming why, nothing listed.
+        let fromBtrfs = "\(dir)/btrfs.crsnap"
+        XCTAssertEqual(try crsnap(["export", "\(name)@1", "-o", fromBtrfs]).status, 0)
+        let refused = try crsnap(["import", fromBtrfs, "--as", "e3"], store: store2)
+        XCTAssertNotEqual(refused.status, 0)
+        XCTAssertTrue(refused.stderr.contains("btrfs send stream") && refused.stderr.contains("copy store"), refused.stderr)
+        XCTAssertFalse(jsonObjects(try crsnap(["ps", "--json"], store: store2).stdout).contains { $0["name"] as? String == "e3" }, "nothing listed")
+
+        // A damaged tree (a header inside it, or a file's bytes): refused
+        // naming it, nothing listed, nothing left behind.
+        let bytes = [UInt8](try Data(contentsOf: URL(fileURLWithPath: archive)))
+        var at = 0, tree: (offset: Int, size: Int)?
+        while at + 512 <= bytes.count, bytes[at] != 0 {
+            let size = Int(String(decoding: bytes[(at + 124)..<(at + 135)], as: UTF8.self), radix: 8) ?? 0
+            if String(decoding: bytes[at..<(at + 100)].prefix { $0 != 0 }, as: UTF8.self) == "fs.tar" { tree = (at + 512, size) }
+            at += 512 + (size + 511) / 512 * 512
+        }
+        let t = try XCTUnwrap(tree)
+        for offset in [t.offset + 1, t.offset + t.size / 2] {
+            var copy = bytes
+            copy[offset] ^= 0x20
+            let damaged = "\(dir)/damaged.crsnap"
+            try Data(copy).write(to: URL(fileURLWithPath: damaged))
+            let r = try crsnap(["import", damaged, "--as", "e4"], store: store2)
+            XCTAssertEqual(r.status, 1, r.stderr)
+            XCTAssertTrue(r.stderr.contains("fs.tar does not match its checksum") && r.stderr.contains("nothing was changed"), r.stderr)
+            let left = (try? FileManager.default.contentsOfDirectory(atPath: "\(store2)/containers")) ?? []
+            XCTAssertFalse(left.contains { $0 == "e4" || $0.hasPrefix(".import-") }, "nothing listed or left: \(left)")
+        }
+
+        // migrate from one copy store to another: both sends whole.
+        let mig = try crsnap(["migrate", "e", "--to", store2, "--json"], store: store)
+        XCTAssertEqual(mig.status, 0, mig.stderr)
+        defer { _ = try? crsnap(["rm", "--force", "e"], store: store2) }
+        XCTAssertNil(jsonObject(mig.stdout)["first_parent"] as? String, mig.stdout)
+        let moved = TestContainer(name: "e", overlay: true, store: store2)
+        let before = counterLines(moved.workloadLog).last ?? 0
+        XCTAssertTrue(waitFor(15) { (counterLines(moved.workloadLog).last ?? 0) > before + 5 }, "e did not carry on in \(store2)")
+        let lines = counterLines(moved.workloadLog)
+        XCTAssertEqual(lines, Array(1...(lines.last ?? 0)), "memory and files agree after the migrate")
+        let left = jsonObjects(try crsnap(["ps", "--json"], store: store).stdout).compactMap { $0["name"] as? String }
+        XCTAssertFalse(left.contains("e"), "e left its first store: \(left)")
     }
 
     /// How the snapshot captured the workload's unlinked and O_TMPFILE files.
@@ -209,7 +303,7 @@ final class CopyStoreTests: XCTestCase {
 
     func testExt4StoreCopiesAndRollsBack() throws {
         let stats = try copyStoreRoundTrip("ext4", mkfs: ["mkfs.ext4", "-q", "-F"],
-                                           doctorSays: "copies the container's writable files inside the freeze")
+                                           doctorSays: "copies the container's writable files inside the freeze", transfer: true)
         XCTAssertGreaterThan((stats["copied_bytes"] as? NSNumber)?.intValue ?? 0, 0, "take reports the bytes it copied: \(stats)")
         XCTAssertNil(stats["reflinked_bytes"], "ext4 clones nothing: \(stats)")
         XCTAssertEqual(capturedHow(stats), ["copied", "copied"], "ext4: the unlinked and O_TMPFILE files are copied: \(stats)")
