@@ -24,7 +24,7 @@ struct Crsnap: ParsableCommand {
         subcommands: [
             RunCommand.self, PsCommand.self, TakeCommand.self, ListCommand.self, ShowCommand.self, RollbackCommand.self,
             GuardCommand.self, DiffCommand.self, PruneCommand.self, ResumeCommand.self,
-            ExecCommand.self, LogsCommand.self, StopCommand.self, RmCommand.self, DeleteCommand.self,
+            ExecCommand.self, TopCommand.self, LogsCommand.self, StopCommand.self, RmCommand.self, DeleteCommand.self,
             CompletionCommand.self,
             VerifyCommand.self, DoctorCommand.self, InitCommand.self, MonitorCommand.self, BenchDumpCommand.self, BenchRestoreCommand.self,
             RestoreTestCommand.self, NetworkCommand.self, ExportCommand.self, ImportCommand.self, SendCommand.self, ReceiveCommand.self, MigrateCommand.self,
