@@ -72,6 +72,18 @@ public enum Show {
         /// when its processes went without crsnap (see `Container.goneReason`).
         public var container_state: String
         public var container_reason: String?
+        /// The clocks of the container's time namespace as the take read
+        /// them (seconds): a rollback or resume to this snapshot makes them
+        /// carry on from here. Nil for a files-only snapshot.
+        public var clocks: TimeNamespaceImage?
+        /// The running container's time namespace now: its offsets against
+        /// the host's clocks (0 until its first restore). Nil when stopped.
+        public var container_clock_offsets: ClockOffsets?
+    }
+
+    public struct ClockOffsets: Codable, Equatable {
+        public var monotonic: Double
+        public var boottime: Double
     }
 
     public static func describe(store: Store, id: SnapshotID) throws -> Description {
@@ -109,6 +121,9 @@ public enum Show {
             network: ((try? c.config().networkMode) ?? .host).rawValue,
             address: (try? c.config().bridgeAddress)??.description, publish: ((try? c.config().publish) ?? nil)?.map(\.description) ?? [],
             fs_total_bytes: usage?.total, fs_exclusive_bytes: usage?.exclusive, stats: m.stats,
-            container_state: live.running ? "running" : "stopped", container_reason: live.goneReason)
+            container_state: live.running ? "running" : "stopped", container_reason: live.goneReason,
+            clocks: m.isFilesOnly ? nil : try? TimeNamespaceImage.read(imagesDir: "\(dir)/images"),
+            container_clock_offsets: live.running ? (c.state()?.initPid).flatMap(Proc.timeNamespaceOffsets)
+                .map { ClockOffsets(monotonic: $0.monotonic, boottime: $0.boottime) } : nil)
     }
 }

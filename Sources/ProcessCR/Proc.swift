@@ -84,6 +84,21 @@ public enum Proc {
         return v.split(whereSeparator: { $0 == " " || $0 == "\t" }).compactMap { pid_t($0) }
     }
 
+    /// The offsets of `pid`'s time namespace against the host's clocks, in
+    /// seconds (/proc/PID/timens_offsets: "monotonic SEC NSEC", a normalized
+    /// timespec, so -4 777538042 is -3.222 s); nil without one to read.
+    public static func timeNamespaceOffsets(_ pid: pid_t) -> (monotonic: Double, boottime: Double)? {
+        guard let text = try? Sys.readText("/proc/\(pid)/timens_offsets") else { return nil }
+        var values: [String: Double] = [:]
+        for line in text.split(separator: "\n") {
+            let f = line.split(whereSeparator: { $0 == " " || $0 == "\t" })
+            guard f.count == 3, let sec = Int64(f[1]), let nsec = Int64(f[2]) else { continue }
+            values[String(f[0])] = Double(sec) + Double(nsec) / 1e9
+        }
+        guard let m = values["monotonic"], let b = values["boottime"] else { return nil }
+        return (m, b)
+    }
+
     /// The "pipe:[inode]" name of an fd, as CRIU names it in inherit_fd keys.
     public static func fdTarget(pid: pid_t, fd: Int32) -> String? {
         fdTarget(path: "/proc/\(pid)/fd/\(fd)")

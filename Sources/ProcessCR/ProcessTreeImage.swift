@@ -65,3 +65,34 @@ public enum ProcessTreeImage {
         return String(decoding: b[name.value], as: UTF8.self)
     }
 }
+
+/// The clocks of a dump's time namespace as CRIU recorded them
+/// (timens-ID.img, one `timens_entry`: CLOCK_MONOTONIC and CLOCK_BOOTTIME as
+/// the dumped tasks read them; images/timens.proto). A restore makes a new
+/// time namespace whose offsets make those clocks carry on from here.
+public struct TimeNamespaceImage: Codable, Equatable {
+    /// Seconds.
+    public var monotonic: Double
+    public var boottime: Double
+
+    enum Field { static let monotonic: UInt64 = 1, boottime: UInt64 = 2, sec: UInt64 = 1, nsec: UInt64 = 2 }
+
+    /// Nil when the dump has no time namespace image.
+    public static func read(imagesDir: String) throws -> TimeNamespaceImage? {
+        let names = ((try? FileManager.default.contentsOfDirectory(atPath: imagesDir)) ?? [])
+            .filter { $0.hasPrefix("timens-") && $0.hasSuffix(".img") }.sorted()
+        guard let name = names.first else { return nil }
+        let image = try CriuImageFile(path: "\(imagesDir)/\(name)")
+        guard !image.entries.isEmpty else { throw CriuImageFile.Malformed(path: image.path, why: "no entry") }
+        let b = image.bytes
+        let fields = try image.fields(0)
+        func seconds(_ number: UInt64) throws -> Double {
+            guard let f = fields.last(where: { $0.number == number && $0.wireType == 2 }), let ts = Wire.fields(b, f.value),
+                  let sec = Wire.varintField(b, ts, Field.sec) else {
+                throw CriuImageFile.Malformed(path: image.path, why: "no clock \(number)")
+            }
+            return Double(sec) + Double(Wire.varintField(b, ts, Field.nsec) ?? 0) / 1e9
+        }
+        return TimeNamespaceImage(monotonic: try seconds(Field.monotonic), boottime: try seconds(Field.boottime))
+    }
+}

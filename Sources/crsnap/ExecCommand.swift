@@ -5,7 +5,13 @@ struct ExecCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "exec",
         abstract: "Run a command inside a running container's namespaces.",
-        discussion: "The command gets this terminal's stdin, stdout and stderr; crsnap exits with its status."
+        discussion: """
+        The command joins the container's mount, pid, uts, ipc, network and
+        time namespaces (so it reads the container's CLOCK_MONOTONIC and
+        CLOCK_BOOTTIME, which carry on from a snapshot after a rollback). It
+        gets this terminal's stdin, stdout and stderr; crsnap exits with its
+        status. To attach a debugger from the host instead: crsnap top.
+        """
     )
 
     @OptionGroup var storeOptions: StoreOptions

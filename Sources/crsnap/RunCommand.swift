@@ -6,6 +6,9 @@ struct RunCommand: ParsableCommand {
         commandName: "run",
         abstract: "Start a command as a container, detached.",
         discussion: """
+        The container gets its own mount, pid, uts, ipc and time namespaces (its
+        CLOCK_MONOTONIC and CLOCK_BOOTTIME carry on from a snapshot's values
+        after a rollback or resume; the wall clock is the host's).
         Without --rootfs the root is an overlay: the host's / read-only below, the
         container's changes in a btrfs subvolume above, with a private /tmp and
         /dev. With --rootfs DIR the root is a btrfs subvolume made from DIR (a

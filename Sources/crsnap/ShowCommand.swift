@@ -29,7 +29,11 @@ struct ShowCommand: ParsableCommand {
         publish, fs_total_bytes,
         fs_exclusive_bytes, stats, container_state (running
         or stopped) and container_reason (when the container's processes are
-        gone without crsnap stopping them: a reboot, an ended pid namespace).
+        gone without crsnap stopping them: a reboot, an ended pid namespace),
+        clocks (monotonic, boottime: the seconds the container's clocks read
+        at the take; null for files only) and container_clock_offsets
+        (monotonic, boottime: the running container's time namespace against
+        the host's clocks, in seconds; null when it is stopped).
         """
     )
 
@@ -46,6 +50,13 @@ struct ShowCommand: ParsableCommand {
                   + (d.tag.map { "  tag \($0)" } ?? "") + (d.stats.pause_ms.map { String(format: "  paused %.0f ms", $0) } ?? "")
                   + String(format: "  frozen %.0f ms", d.stats.frozen_ms))
             print("container \(d.container): \(d.container_state)" + (d.container_reason.map { " — \($0)" } ?? ""))
+            if let k = d.clocks {
+                print(String(format: "clocks at the take: monotonic %.3f s, boottime %.3f s (the container's time namespace; restored, they carry on from here)",
+                             k.monotonic, k.boottime))
+            }
+            if let o = d.container_clock_offsets {
+                print(String(format: "its time namespace now: monotonic %+.3f s, boottime %+.3f s from the host's", o.monotonic, o.boottime))
+            }
             print("\nSIZE: images \(formatBytes(d.stats.images_bytes)); files \(d.fs_exclusive_bytes.map(formatBytes) ?? "?") exclusive"
                   + (d.fs_total_bytes.map { " of \(formatBytes($0)) in all" } ?? " (the filesystem cannot tell)"))
             print("\nPROCESSES" + (d.criu_version.map { " (CRIU \($0))" } ?? ""))

@@ -5,8 +5,9 @@ import Glibc
 #endif
 
 /// What the kernel's checkpoint debates asked of a container beyond its
-/// pids: its tasks seen from outside (`crsnap top`), for a debugger on the
-/// host.
+/// pids: clocks of its own that carry on across a rollback (a time
+/// namespace, which `exec` joins), and its tasks seen from outside (`crsnap
+/// top`), for a debugger on the host.
 final class NamespaceTests: XCTestCase {
     var started: [String] = []
 
@@ -102,5 +103,88 @@ final class NamespaceTests: XCTestCase {
         let stopped = try crsnap(["top", name])
         XCTAssertEqual(stopped.status, 4, stopped.stderr)
         XCTAssertTrue(stopped.stderr.contains("is not running"), stopped.stderr)
+    }
+
+    /// CLOCK_MONOTONIC and CLOCK_BOOTTIME into /tmp/mono every 50 ms; an
+    /// interval timer (ITIMER_REAL, every 0.5 s from the start) appends the
+    /// monotonic time of each tick to /tmp/ticks.
+    static let clockProgram = """
+    import os, signal, time
+    M = time.CLOCK_MONOTONIC
+    start = time.clock_gettime(M)
+    open("/tmp/start", "w").write("%.6f\\n" % start)
+    ticks = open("/tmp/ticks", "a")
+    def tick(sig, frame):
+        ticks.write("%.6f\\n" % time.clock_gettime(M))
+        ticks.flush()
+    signal.signal(signal.SIGALRM, tick)
+    signal.setitimer(signal.ITIMER_REAL, 0.5, 0.5)
+    while True:
+        open("/tmp/mono.new", "w").write("%.6f %.6f\\n" % (time.clock_gettime(M), time.clock_gettime(time.CLOCK_BOOTTIME)))
+        os.rename("/tmp/mono.new", "/tmp/mono")
+        time.sleep(0.05)
+    """
+
+    func numbers(_ path: String) -> [Double] {
+        ((try? String(contentsOfFile: path, encoding: .utf8)) ?? "").split(whereSeparator: { $0 == "\n" || $0 == " " }).compactMap { Double($0) }
+    }
+
+    /// (the exec'd process's CLOCK_MONOTONIC, the container's last written
+    /// one, the exec'd process's wall clock).
+    func execClocks(_ name: String) throws -> (exec: Double, container: Double, wall: Double) {
+        let out = try crsnapOK(["exec", name, "--", "python3", "-c",
+                                "import time; print(time.clock_gettime(time.CLOCK_MONOTONIC), open('/tmp/mono').read().split()[0], time.time())"])
+        let f = out.split(separator: " ").compactMap { Double($0.trimmingCharacters(in: .whitespacesAndNewlines)) }
+        guard f.count == 3 else { throw XCTSkip("exec printed \(out)") }
+        return (f[0], f[1], f[2])
+    }
+
+    func testClocksCarryOnFromTheSnapshotAndExecReadsTheContainersClock() throws {
+        let name = uniqueName("clock")
+        try crsnapOK(["run", name, "--", "python3", "-c", Self.clockProgram])
+        started.append(name)
+        let c = TestContainer(name: name, overlay: true)
+        XCTAssertTrue(waitFor(20) { self.numbers("\(c.filesDir)/tmp/ticks").count >= 2 }, "the timer ticks")
+        // Its own time namespace from the start, offsets 0.
+        let initPid = try XCTUnwrap(jsonObjects(try crsnapOK(["top", name, "--json"])).first.map { int($0["host_pid"]) })
+        XCTAssertNotEqual(try FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(initPid)/ns/time"),
+                          try FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/ns/time"), "a time namespace of its own")
+        var e = try execClocks(name)
+        XCTAssertLessThan(abs(e.exec - e.container), 0.3, "exec reads the container's clock before a rollback: \(e)")
+
+        let id = try crsnapOK(["take", name]).trimmingCharacters(in: .whitespacesAndNewlines)
+        let n = Int(id.split(separator: "@").last!)!
+        let atTake = try XCTUnwrap(numbers("\(c.snapshotFiles(n))/tmp/mono").first)
+        let ticksAtTake = numbers("\(c.snapshotFiles(n))/tmp/ticks").count
+        let start = try XCTUnwrap(numbers("\(c.snapshotFiles(n))/tmp/start").first)
+        let shown = jsonObject(try crsnapOK(["show", id, "--json"]))
+        let clocks = try XCTUnwrap(shown["clocks"] as? [String: Any], "show reports the clocks")
+        let shownMono = (clocks["monotonic"] as? NSNumber)?.doubleValue ?? 0
+        XCTAssertTrue(shownMono >= atTake && shownMono < atTake + 0.3, "show's clock \(shownMono) is the take's (\(atTake))")
+        let tookAt = Date()
+        usleep(2_500_000)
+
+        try crsnapOK(["rollback", id])
+        let gap = Date().timeIntervalSince(tookAt)
+        e = try execClocks(name)
+        // The container's clock carried on from the snapshot, not from now.
+        XCTAssertLessThan(e.container - atTake, gap - 1.5, "monotonic after the rollback: \(e.container), at the take \(atTake), \(gap) s later")
+        XCTAssertGreaterThanOrEqual(e.container, atTake)
+        XCTAssertLessThan(abs(e.exec - e.container), 0.3, "exec reads the container's clock after the rollback: \(e)")
+        XCTAssertLessThan(abs(e.wall - Date().timeIntervalSince1970), 2, "the wall clock stays the host's")
+        let boot = numbers("\(c.filesDir)/tmp/mono")
+        XCTAssertEqual(boot.count, 2)
+        if boot.count == 2 { XCTAssertLessThan(abs(boot[1] - boot[0]), 0.05, "CLOCK_BOOTTIME moved with CLOCK_MONOTONIC: \(boot)") }
+        let offsets = try XCTUnwrap(jsonObject(try crsnapOK(["show", id, "--json"]))["container_clock_offsets"] as? [String: Any])
+        XCTAssertLessThan((offsets["monotonic"] as? NSNumber)?.doubleValue ?? 0, -2, "the offset is about the time between take and rollback: \(offsets)")
+
+        // The interval timer armed at the start ticks on its first schedule:
+        // start + 0.5 s * k in the container's clock.
+        XCTAssertTrue(waitFor(5) { self.numbers("\(c.filesDir)/tmp/ticks").count >= ticksAtTake + 3 })
+        let ticks = numbers("\(c.filesDir)/tmp/ticks")
+        for k in ticksAtTake..<min(ticks.count, ticksAtTake + 3) {
+            let due = start + 0.5 * Double(k + 1)
+            XCTAssertLessThan(abs(ticks[k] - due), 0.15, "tick \(k + 1) after the rollback at \(ticks[k]), due at \(due)")
+        }
     }
 }
