@@ -2,6 +2,9 @@ import ContainerNetwork
 import FSSnapshot
 import Foundation
 import ProcessCR
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// How a container was started; written once by `run`.
 public struct ContainerConfig: Codable, Equatable {
@@ -116,9 +119,82 @@ public struct ContainerState: Codable, Equatable {
     /// the boot and the pid namespace (absent in states older than that).
     public var monitorID: ProcessIdentity? = nil
     public var initID: ProcessIdentity? = nil
+    /// How the container's init last ended on its own or by `crsnap stop`
+    /// (not when crsnap stopped it to checkpoint it); nil before.
+    public var lastExit: LastExit? = nil
+    /// How many times a reboot(2) inside restarted it since it was started.
+    public var restarts: Int? = nil
 
     public var monitor: ProcessIdentity { monitorID ?? ProcessIdentity(pid: monitorPid, start: nil, boot: nil, pidNamespace: nil) }
     public var initProcess: ProcessIdentity { initID ?? ProcessIdentity(pid: initPid, start: nil, boot: nil, pidNamespace: nil) }
+}
+
+/// How a container's init ended. reboot(2) in a pid namespace other than
+/// the first ends its init as if killed by SIGHUP (restart) or SIGINT
+/// (power-off, halt): the kernel's word to the parent, read as LXC does.
+public struct LastExit: Codable, Equatable, Sendable {
+    public enum Reason: String, Codable, Sendable {
+        /// It exited (`status`).
+        case exited
+        /// A signal ended it (`signal`).
+        case killed
+        /// reboot(2) with power-off or halt inside: it stays stopped.
+        case poweroff
+        /// reboot(2) with restart inside: its command was started again.
+        case reboot
+        /// reboot(2) with restart too often: stopped instead of restarted.
+        case rebootLoop = "reboot-loop"
+        /// `crsnap stop` (or `rm --force`).
+        case stopped
+    }
+
+    public var reason: Reason
+    public var status: Int32? = nil
+    public var signal: Int32? = nil
+    public var at: Date
+
+    /// From a wait status (not for `stopped`).
+    public init(waitStatus status: Int32, at: Date = Date()) {
+        let sig = status & 0x7f
+        self.at = at
+        if sig == 0 {
+            reason = .exited
+            self.status = (status >> 8) & 0xff
+        } else if sig == SIGHUP {
+            reason = .reboot
+        } else if sig == SIGINT {
+            reason = .poweroff
+        } else {
+            reason = .killed
+            signal = sig
+        }
+    }
+
+    public init(reason: Reason, at: Date = Date()) {
+        self.reason = reason
+        self.at = at
+    }
+
+    /// For `ps`'s table: "exit 0", "signal 9", "poweroff", "reboot", ...
+    public var short: String {
+        switch reason {
+        case .exited: return "exit \(status ?? 0)"
+        case .killed: return "signal \(signal ?? 0)"
+        default: return reason.rawValue
+        }
+    }
+
+    /// For the log: what happened, in words.
+    public var sentence: String {
+        switch reason {
+        case .exited: return "container init exited with status \(status ?? 0)"
+        case .killed: return "container init was killed by signal \(signal ?? 0)"
+        case .poweroff: return "powered off from inside (reboot(2) with power-off or halt; or its init was killed by SIGINT): stopped"
+        case .reboot: return "rebooted from inside (reboot(2) with restart; or its init was killed by SIGHUP)"
+        case .rebootLoop: return "rebooted from inside again"
+        case .stopped: return "container stopped"
+        }
+    }
 }
 
 /// Why a snapshot was taken.

@@ -12,7 +12,9 @@ import Glibc
 /// leaves behind, copies the container's output pipe into its log, and does
 /// CRIU restores so that restored trees become its children and get the same
 /// output pipe back. It exits when the container's init exits, unless a
-/// rollback holds it.
+/// rollback holds it, or a reboot(2) inside asked for a restart: then it
+/// starts the container's command again, in fresh namespaces over the same
+/// files.
 public final class Monitor {
     let container: Container
     let config: ContainerConfig
@@ -28,12 +30,25 @@ public final class Monitor {
     /// A lazy-pages daemon started ahead of a lazy restore of these images
     /// (while the tasks still ran), for the restore to use.
     var pendingLazy: (images: String, daemon: LazyPagesDaemon)?
+    /// How the init last ended (kept from the previous monitor's state).
+    var lastExit: LastExit?
+    /// Restarts after a reboot inside, and when the recent ones were.
+    var restarts = 0
+    var recentReboots: [Date] = []
+    /// `crsnap stop` is killing the tree.
+    var stopping = false
 
     init(container: Container) throws {
         self.container = container
         self.config = try container.config()
         self.cgroup = try container.cgroup()
+        self.lastExit = container.state()?.lastExit
     }
+
+    /// More restarts than this within `rebootWindow` seconds: a command that
+    /// reboots at once each time; it is left stopped.
+    static let rebootLimit = 5
+    static let rebootWindow = 30.0
 
     /// Runs the monitor; fd 1 is a pipe to the `crsnap` that started it, which
     /// gets one line: "ready PID" or "error MESSAGE".
@@ -96,7 +111,8 @@ public final class Monitor {
 
     func writeState(_ status: ContainerState.Status) throws {
         let s = ContainerState(status: status, monitorPid: getpid(), initPid: initPid, logPipe: logPipe, updated: Date(),
-                               monitorID: .of(getpid()), initID: initPid > 0 ? .of(initPid) : nil)
+                               monitorID: .of(getpid()), initID: initPid > 0 ? .of(initPid) : nil, lastExit: lastExit,
+                               restarts: restarts > 0 ? restarts : nil)
         try JSON.write(s, to: container.statePath)
     }
 
@@ -138,11 +154,48 @@ public final class Monitor {
             if p <= 0 { return }
             if p == initPid {
                 initPid = 0
-                note("container init exited with status \(Program.exitCode(status))")
-                try? writeState(.stopped)
-                if !holding { shouldExit = true }
+                if holding {
+                    // crsnap stopped it to checkpoint it: not an exit of its own.
+                    note("container init exited with status \(Program.exitCode(status))")
+                    try? writeState(.stopped)
+                    continue
+                }
+                initEnded(status)
             }
         }
+    }
+
+    /// The init ended while nothing held the container: stopped for good,
+    /// unless a reboot inside asked for a restart.
+    func initEnded(_ status: Int32) {
+        var exit = stopping ? LastExit(reason: .stopped) : LastExit(waitStatus: status)
+        if exit.reason == .reboot {
+            recentReboots = recentReboots.filter { exit.at.timeIntervalSince($0) < Monitor.rebootWindow } + [exit.at]
+            if recentReboots.count > Monitor.rebootLimit { exit.reason = .rebootLoop }
+        }
+        lastExit = exit
+        switch exit.reason {
+        case .stopped:
+            break  // the stop request says so
+        case .reboot:
+            do {
+                // Its pid namespace ended with the init; whatever else was
+                // in its cgroup goes too, then the command starts afresh.
+                if !cgroup.procs().isEmpty { try cgroup.killAll() }
+                restarts += 1
+                try launch()
+                note("\(exit.sentence): its command started afresh on its files in new namespaces (restart \(restarts), init pid \(initPid))")
+                return
+            } catch {
+                note("\(exit.sentence): restarting it failed: \(error); stopped")
+            }
+        case .rebootLoop:
+            note("\(exit.sentence): \(recentReboots.count) reboots within \(Int(Monitor.rebootWindow)) s, left stopped (a command that reboots at once?)")
+        default:
+            note(exit.sentence)
+        }
+        try? writeState(.stopped)
+        shouldExit = true
     }
 
     var frozenSince: Date?
@@ -209,9 +262,11 @@ public final class Monitor {
             return "ok"
         case "stop":
             holding = false
+            stopping = true
             do {
                 try cgroup.killAll()
             } catch {
+                stopping = false
                 return "err \(error)"
             }
             reap()

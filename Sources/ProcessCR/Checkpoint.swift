@@ -127,6 +127,12 @@ public struct Checkpointer {
         o.ghostLimit = r.ghostLimit
         o.external = r.external
         if r.closeTCP { o.tcpClose = true }
+        // A listening socket may hold connections the kernel completed but
+        // the frozen server has not accepted yet (a client connecting during
+        // the freeze): they are left out of the images (the running tree
+        // keeps them; a restored one has not heard of them, so their clients
+        // are reset) instead of failing the dump.
+        o.tcpSkipInFlight = true
         if let cg = r.freezeCgroup {
             try cg.checkFreezable()
             o.freezeCgroup = cg.path

@@ -6,8 +6,9 @@ import Glibc
 
 /// What the kernel's checkpoint debates asked of a container beyond its
 /// pids: clocks of its own that carry on across a rollback (a time
-/// namespace, which `exec` joins), and its tasks seen from outside (`crsnap
-/// top`), for a debugger on the host.
+/// namespace, which `exec` joins), reboot and poweroff from inside (reboot(2)
+/// in its pid namespace ends only that namespace), and its tasks seen from
+/// outside (`crsnap top`), for a debugger on the host.
 final class NamespaceTests: XCTestCase {
     var started: [String] = []
 
@@ -186,5 +187,87 @@ final class NamespaceTests: XCTestCase {
             let due = start + 0.5 * Double(k + 1)
             XCTAssertLessThan(abs(ticks[k] - due), 0.15, "tick \(k + 1) after the rollback at \(ticks[k]), due at \(due)")
         }
+    }
+
+    /// reboot(2) through libc from python: RB_AUTOBOOT, RB_POWER_OFF, RB_HALT_SYSTEM.
+    static func rebootCall(_ how: String) -> String {
+        let cmd = ["restart": "0x01234567", "poweroff": "0x4321fedc", "halt": "0xcdef0123"][how]!
+        return "import ctypes, sys; r = ctypes.CDLL(None, use_errno=True).reboot(\(cmd)); sys.exit('reboot returned %d errno %d' % (r, ctypes.get_errno()))"
+    }
+
+    func psRow(_ name: String) throws -> [String: Any] {
+        try XCTUnwrap(jsonObjects(try crsnapOK(["ps", "--json"])).first { $0["name"] as? String == name }, "\(name) listed")
+    }
+
+    func testRebootInsideRestartsTheCommandOnItsFiles() throws {
+        let name = uniqueName("reboot")
+        // First boot: a marker file, a child that must not survive, then a
+        // reboot from a process that is not the init. Second boot: waits.
+        let script = """
+        if [ -e /var/tmp/booted ]; then echo "second boot"; exec sleep 100000; fi
+        touch /var/tmp/booted; echo "first boot"; sleep 100000 & sleep 0.5
+        python3 -c "\(Self.rebootCall("restart"))"
+        echo "still here"; sleep 100000
+        """
+        try crsnapOK(["run", name, "--", "sh", "-c", script])
+        started.append(name)
+        let c = TestContainer(name: name, overlay: true)
+        XCTAssertTrue(waitFor(20) { ((try? crsnap(["logs", name]))?.stdout ?? "").contains("second boot") },
+                      "the command started again: \((try? crsnap(["logs", name]))?.stdout ?? "")")
+        let logs = try crsnapOK(["logs", name])
+        XCTAssertFalse(logs.contains("still here"), "reboot(2) ended the first boot: \(logs)")
+        XCTAssertTrue(logs.contains("rebooted from inside") && logs.contains("restart 1"), logs)
+        XCTAssertTrue(FileManager.default.fileExists(atPath: "\(c.filesDir)/var/tmp/booted"), "files kept across the reboot")
+        let row = try psRow(name)
+        XCTAssertEqual(row["state"] as? String, "running")
+        XCTAssertEqual((row["last_exit"] as? [String: Any])?["reason"] as? String, "reboot")
+        XCTAssertEqual(int(row["restarts"]), 1)
+        // Only the second boot's processes: the first boot's child went with its pid namespace.
+        let tasks = try topRows(name)
+        XCTAssertEqual(tasks.map { $0["command"] as? String ?? "" }, ["sleep 100000"], "\(tasks)")
+        XCTAssertEqual(int(tasks.first?["pid"]), 1, "a fresh pid namespace: the command is pid 1 again")
+        XCTAssertTrue(try crsnapOK(["ps"]).contains("reboot (1)"))
+        // And it is still a container crsnap can snapshot and roll back.
+        let id = try crsnapOK(["take", name]).trimmingCharacters(in: .whitespacesAndNewlines)
+        try crsnapOK(["rollback", id])
+        XCTAssertEqual(try psRow(name)["state"] as? String, "running")
+    }
+
+    func testPoweroffAndHaltInsideStopTheContainer() throws {
+        for how in ["poweroff", "halt"] {
+            let name = uniqueName(how)
+            try crsnapOK(["run", name, "--", "sh", "-c", "echo up; sleep 0.3; python3 -c \"\(Self.rebootCall(how))\"; echo still here; sleep 100000"])
+            started.append(name)
+            XCTAssertTrue(waitFor(20) { ((try? self.psRow(name))?["last_exit"] as? [String: Any])?["reason"] != nil }, "\(how) ends it")
+            let row = try psRow(name)
+            XCTAssertEqual(row["state"] as? String, "stopped", "\(how): \(row)")
+            XCTAssertNil(row["reason"], "stopped by the monitor, not found gone: \(row)")
+            XCTAssertEqual((row["last_exit"] as? [String: Any])?["reason"] as? String, "poweroff", "\(how): \(row)")
+            XCTAssertNil(row["restarts"])
+            let logs = try crsnapOK(["logs", name])
+            XCTAssertTrue(logs.contains("powered off from inside"), logs)
+            XCTAssertFalse(logs.contains("still here"), logs)
+            XCTAssertTrue(try crsnapOK(["ps"]).contains("poweroff"))
+            XCTAssertEqual(try crsnap(["top", name]).status, 4, "nothing runs")
+        }
+        // crsnap stop is said as such.
+        let name = uniqueName("stopped")
+        try crsnapOK(["run", name, "--", "sleep", "100000"])
+        started.append(name)
+        try crsnapOK(["stop", name])
+        XCTAssertEqual((try psRow(name)["last_exit"] as? [String: Any])?["reason"] as? String, "stopped")
+    }
+
+    func testACommandThatRebootsAtOnceIsLeftStopped() throws {
+        let name = uniqueName("rebootloop")
+        try crsnapOK(["run", name, "--", "python3", "-c", Self.rebootCall("restart")])
+        started.append(name)
+        XCTAssertTrue(waitFor(30) { ((try? self.psRow(name))?["last_exit"] as? [String: Any])?["reason"] as? String == "reboot-loop" },
+                      "a reboot loop ends: \((try? crsnap(["logs", name]))?.stdout ?? "")")
+        let row = try psRow(name)
+        XCTAssertEqual(row["state"] as? String, "stopped")
+        XCTAssertEqual((row["last_exit"] as? [String: Any])?["reason"] as? String, "reboot-loop", "\(row)")
+        XCTAssertEqual(int(row["restarts"]), 5)
+        XCTAssertTrue(try crsnapOK(["logs", name]).contains("left stopped"))
     }
 }
