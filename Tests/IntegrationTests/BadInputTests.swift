@@ -263,13 +263,7 @@ final class CopyStoreTests: XCTestCase {
         // A damaged tree (a header inside it, or a file's bytes): refused
         // naming it, nothing listed, nothing left behind.
         let bytes = [UInt8](try Data(contentsOf: URL(fileURLWithPath: archive)))
-        var at = 0, tree: (offset: Int, size: Int)?
-        while at + 512 <= bytes.count, bytes[at] != 0 {
-            let size = Int(String(decoding: bytes[(at + 124)..<(at + 135)], as: UTF8.self), radix: 8) ?? 0
-            if String(decoding: bytes[at..<(at + 100)].prefix { $0 != 0 }, as: UTF8.self) == "fs.tar" { tree = (at + 512, size) }
-            at += 512 + (size + 511) / 512 * 512
-        }
-        let t = try XCTUnwrap(tree)
+        let t = try XCTUnwrap(tarEntries(bytes)["fs.tar"])
         for offset in [t.offset + 1, t.offset + t.size / 2] {
             var copy = bytes
             copy[offset] ^= 0x20

@@ -296,3 +296,16 @@ func storeFingerprint(_ containers: [String]) -> [String] {
     }
     return out.sorted()
 }
+
+/// (offset of the content, size) of each entry of a plain tar file.
+func tarEntries(_ bytes: [UInt8]) -> [String: (offset: Int, size: Int)] {
+    var out: [String: (Int, Int)] = [:]
+    var at = 0
+    while at + 512 <= bytes.count, bytes[at] != 0 {
+        let name = String(decoding: bytes[at..<(at + 100)].prefix { $0 != 0 }, as: UTF8.self)
+        let size = Int(String(decoding: bytes[(at + 124)..<(at + 135)], as: UTF8.self), radix: 8) ?? 0
+        out[name] = (at + 512, size)
+        at += 512 + (size + 511) / 512 * 512
+    }
+    return out
+}

@@ -101,19 +101,6 @@ final class TransferTests: XCTestCase {
         XCTAssertEqual(try crsnap(["verify", "\(c.name)@\(n)"]).status, 0)
     }
 
-    /// (offset of the content, size) of each entry of a plain tar file.
-    func tarEntries(_ bytes: [UInt8]) -> [String: (offset: Int, size: Int)] {
-        var out: [String: (Int, Int)] = [:]
-        var at = 0
-        while at + 512 <= bytes.count, bytes[at] != 0 {
-            let name = String(decoding: bytes[at..<(at + 100)].prefix { $0 != 0 }, as: UTF8.self)
-            let size = Int(String(decoding: bytes[(at + 124)..<(at + 135)], as: UTF8.self), radix: 8) ?? 0
-            out[name] = (at + 512, size)
-            at += 512 + (size + 511) / 512 * 512
-        }
-        return out
-    }
-
     func assertImportRefused(_ archive: String, saying: String, file: StaticString = #filePath, line: UInt = #line) throws {
         let r = try inStore2(["import", archive, "--as", "tampered"])
         XCTAssertEqual(r.status, 1, "import of a damaged archive fails: \(r.stderr)", file: file, line: line)
