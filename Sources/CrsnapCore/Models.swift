@@ -122,14 +122,14 @@ public struct ContainerState: Codable, Equatable {
     /// How the container's init last ended on its own or by `crsnap stop`
     /// (not when crsnap stopped it to checkpoint it); nil before.
     public var lastExit: LastExit? = nil
-    /// How many times a reboot(2) inside restarted it since it was started.
+    /// How many times a reboot system call inside restarted it since it was started.
     public var restarts: Int? = nil
 
     public var monitor: ProcessIdentity { monitorID ?? ProcessIdentity(pid: monitorPid, start: nil, boot: nil, pidNamespace: nil) }
     public var initProcess: ProcessIdentity { initID ?? ProcessIdentity(pid: initPid, start: nil, boot: nil, pidNamespace: nil) }
 }
 
-/// How a container's init ended. reboot(2) in a pid namespace other than
+/// How a container's init ended. A reboot system call in a pid namespace other than
 /// the first ends its init as if killed by SIGHUP (restart) or SIGINT
 /// (power-off, halt): the kernel's word to the parent, read as LXC does.
 public struct LastExit: Codable, Equatable, Sendable {
@@ -138,11 +138,11 @@ public struct LastExit: Codable, Equatable, Sendable {
         case exited
         /// A signal ended it (`signal`).
         case killed
-        /// reboot(2) with power-off or halt inside: it stays stopped.
+        /// A reboot system call with power-off or halt inside: it stays stopped.
         case poweroff
-        /// reboot(2) with restart inside: its command was started again.
+        /// A reboot system call with restart inside: its command was started again.
         case reboot
-        /// reboot(2) with restart too often: stopped instead of restarted.
+        /// Restarts asked for too often: stopped instead of restarted.
         case rebootLoop = "reboot-loop"
         /// `crsnap stop` (or `rm --force`).
         case stopped
@@ -189,8 +189,8 @@ public struct LastExit: Codable, Equatable, Sendable {
         switch reason {
         case .exited: return "container init exited with status \(status ?? 0)"
         case .killed: return "container init was killed by signal \(signal ?? 0)"
-        case .poweroff: return "powered off from inside (reboot(2) with power-off or halt; or its init was killed by SIGINT): stopped"
-        case .reboot: return "rebooted from inside (reboot(2) with restart; or its init was killed by SIGHUP)"
+        case .poweroff: return "powered off from inside (a reboot system call with power-off or halt; or its init was killed by SIGINT): stopped"
+        case .reboot: return "rebooted from inside (a reboot system call with restart; or its init was killed by SIGHUP)"
         case .rebootLoop: return "rebooted from inside again"
         case .stopped: return "container stopped"
         }

@@ -12,7 +12,7 @@ import Glibc
 /// leaves behind, copies the container's output pipe into its log, and does
 /// CRIU restores so that restored trees become its children and get the same
 /// output pipe back. It exits when the container's init exits, unless a
-/// rollback holds it, or a reboot(2) inside asked for a restart: then it
+/// rollback holds it, or a reboot system call inside asked for a restart: then it
 /// starts the container's command again, in fresh namespaces over the same
 /// files.
 public final class Monitor {

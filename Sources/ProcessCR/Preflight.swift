@@ -236,7 +236,15 @@ public enum Preflight {
                     let statted = stat("\(dir)/\(name)", &st) == 0
                     let allocated = statted ? UInt64(st.st_blocks) * 512 : 0
                     let shm = statted && OpenFiles.sharedMemoryDevice == UInt64(st.st_dev)
-                    let mnt = isMap ? mapMountID(link: "\(dir)/\(name)") : OpenFiles.mountID(fdinfo: "/proc/\(pid)/fdinfo/\(name)")
+                    // No mount to read: the fd closed (or the range was
+                    // unmapped) between its link and its fdinfo being read — a
+                    // server opening and closing the files it serves, maybe
+                    // under the same number again. It is not there to dump
+                    // (an fdinfo without mnt_id is older than any kernel CRIU
+                    // 4 runs on).
+                    guard let mnt = isMap ? mapMountID(link: "\(dir)/\(name)") : OpenFiles.mountID(fdinfo: "/proc/\(pid)/fdinfo/\(name)") else {
+                        continue
+                    }
                     files.append(OpenFile(fd: isMap ? nil : Int32(name), link: link, mountID: mnt, allocated: allocated, sharedMemory: shm))
                 }
             }

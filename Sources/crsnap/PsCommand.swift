@@ -16,8 +16,8 @@ struct PsCommand: ParsableCommand {
         none (one of its own, loopback only) or bridge (one of its own on the
         host's bridge), with a bridged container's address.
         LAST EXIT is how the container's init last ended: exit N, signal N,
-        stopped (crsnap stop), poweroff (reboot(2) inside with power-off or
-        halt: it stays stopped), reboot (reboot(2) inside with restart: its
+        stopped (crsnap stop), poweroff (a reboot system call inside with
+        power-off or halt: it stays stopped), reboot (one with restart: its
         command was started again in fresh namespaces over the same files;
         the number of restarts in parentheses), reboot-loop (more than 5
         reboots within 30 s: left stopped); - when it has not ended. The

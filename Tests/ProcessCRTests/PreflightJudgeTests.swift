@@ -122,3 +122,32 @@ final class SharedMemoryDeviceTests: XCTestCase {
         XCTAssertNotEqual(UInt64(st.st_dev), device)
     }
 }
+
+/// Preflight.observe on a live process.
+final class PreflightObserveTests: XCTestCase {
+    /// A server opens and closes files all the time (nginx serving one): an
+    /// fd that closes between its link and its fdinfo being read is gone,
+    /// not "on a mount the container does not have".
+    func testAFileClosedWhileObservedIsNotABlocker() throws {
+        let dir = NSTemporaryDirectory() + "preflight-race-\(getpid())"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        FileManager.default.createFile(atPath: "\(dir)/f", contents: Data("x".utf8))
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/usr/bin/python3")
+        p.arguments = ["-c", "import os, sys\nwhile True:\n fd = os.open(sys.argv[1], os.O_RDONLY)\n for _ in range(40): pass\n os.close(fd)", "\(dir)/f"]
+        try p.run()
+        defer { p.terminate(); p.waitUntilExit() }
+        usleep(200_000)
+        var wrong: [PreflightFinding] = []
+        var seen = 0
+        for _ in 0..<300 {
+            let o = Preflight.observe(pids: [p.processIdentifier])
+            seen += o.tasks.first?.files.filter { $0.link == "\(dir)/f" }.count ?? 0
+            wrong += Preflight.judge(tasks: o.tasks, unix: [], tcp: [], limits: .init(ghostLimit: 1 << 20, canDumpOtherUsers: true))
+                .filter { $0.kind == "mount" }
+        }
+        XCTAssertGreaterThan(seen, 0, "the file was seen open at least once")
+        XCTAssertEqual(wrong.map(\.detail), [], "\(wrong.count) of 300 observations called the closing file a blocker")
+    }
+}
