@@ -270,4 +270,40 @@ final class NamespaceTests: XCTestCase {
         XCTAssertEqual(int(row["restarts"]), 5)
         XCTAssertTrue(try crsnapOK(["logs", name]).contains("left stopped"))
     }
+
+    /// A bridged container that reboots comes back at its address and on
+    /// its published port (its veth is made again for the new namespace).
+    func testABridgedContainerKeepsItsAddressAcrossAReboot() throws {
+        let name = uniqueName("rebootbr")
+        let port = freeLoopbackPort()
+        let program = """
+        import ctypes, os, socket, threading, time
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("0.0.0.0", 8080))
+        s.listen(8)
+        boot = "second" if os.path.exists("/var/tmp/booted") else "first"
+        def serve():
+            while True:
+                c, _ = s.accept()
+                c.sendall(boot.encode())
+                c.close()
+        threading.Thread(target=serve, daemon=True).start()
+        if boot == "first":
+            open("/var/tmp/booted", "w").close()
+            time.sleep(0.3)
+            ctypes.CDLL(None).reboot(0x01234567)
+        time.sleep(100000)
+        """
+        try crsnapOK(["run", name, "--network", "bridge", "--publish", "\(port):8080", "--", "python3", "-c", program])
+        started.append(name)
+        XCTAssertTrue(waitFor(20) { ((try? self.psRow(name))?["last_exit"] as? [String: Any])?["reason"] as? String == "reboot" })
+        let address = try XCTUnwrap((try psRow(name)["address"] as? String)?.split(separator: "/").first.map(String.init))
+        func ask(_ host: String, _ p: Int) -> String? {
+            let r = try? runProgram("/usr/bin/python3", ["-c", "import socket, sys; print(socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=3).recv(16).decode())", host, String(p)])
+            return r?.status == 0 ? r?.stdout.trimmingCharacters(in: .whitespacesAndNewlines) : nil
+        }
+        XCTAssertTrue(waitFor(10) { ask(address, 8080) == "second" }, "the rebooted container answers at \(address)")
+        XCTAssertEqual(ask("127.0.0.1", port), "second", "and on its published port")
+    }
 }
