@@ -391,7 +391,8 @@ public enum Transfer {
                 } else if let (sub, file) = split(h.name), sub == "images" || sub == "unlinked" {
                     try copyEntry(reader, to: "\(snap)/\(sub)/\(file)", mode: mode_t(h.mode & 0o777))
                     if sub == "images" { result.images_bytes += h.size } else { result.unlinked_bytes += h.size }
-                } else if let chunk = Archive.parseChunk(h.name), chunk.base == ArchiveHeader.fsStream {
+                } else if let chunk = Archive.parseChunk(h.name), chunk.base == ArchiveHeader.fsStream,
+                          header.filesystem == ArchiveHeader.btrfsSend {
                     guard chunk.index == nextChunk else { throw Malformed("\(h.name) comes where chunk \(nextChunk) belongs") }
                     nextChunk += 1
                     if chunk.index == 1 { try Faults.check("import.receiving") }
