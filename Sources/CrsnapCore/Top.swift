@@ -46,17 +46,22 @@ public enum Top {
         guard level >= 1 else {
             throw CrsnapError(.failed, "container \"\(name)\": its init (pid \(initPid)) shows no pid namespace of its own in /proc")
         }
-        func inner(_ pid: pid_t) -> pid_t? {
-            let ns = Proc.nsPids(pid)
-            return ns.count > level ? ns[level] : nil
+        // Each task's status read once: its own row, and its pid inside for
+        // its children's. A task that ends meanwhile is left out.
+        var statuses: [pid_t: String] = [:]
+        var inside: [pid_t: pid_t] = [:]
+        for pid in pids {
+            guard let status = Proc.status(pid) else { continue }
+            let ns = Proc.nsPids(status: status)
+            guard ns.count > level else { continue }
+            statuses[pid] = status
+            inside[pid] = ns[level]
         }
         var rows: [TaskRow] = []
-        for pid in pids {
-            // A task that ends meanwhile is left out.
-            guard let status = Proc.status(pid), let inside = inner(pid) else { continue }
+        for (pid, status) in statuses {
             let hostParent = Proc.field("PPid", in: status).flatMap { pid_t($0) }
-            var row = TaskRow(host_pid: pid, pid: inside,
-                              ppid: pid == initPid ? nil : hostParent.flatMap { pids.contains($0) ? inner($0) : nil },
+            var row = TaskRow(host_pid: pid, pid: inside[pid]!,
+                              ppid: pid == initPid ? nil : hostParent.flatMap { inside[$0] },
                               threads: Proc.field("Threads", in: status).flatMap { Int($0) } ?? 1,
                               state: Proc.field("State", in: status).map(String.init) ?? "?",
                               uid: Proc.field("Uid", in: status)?.split(whereSeparator: { $0 == "\t" || $0 == " " }).first.flatMap { UInt32($0) } ?? 0,
@@ -84,7 +89,7 @@ public enum Top {
         let names = ((try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/task")) ?? []).compactMap { pid_t($0) }
         return names.sorted { ($0 == pid ? 0 : 1, $0) < ($1 == pid ? 0 : 1, $1) }.compactMap { tid in
             guard let status = try? Sys.readText("/proc/\(pid)/task/\(tid)/status") else { return nil }
-            let ns = Proc.field("NSpid", in: status)?.split(whereSeparator: { $0 == " " || $0 == "\t" }).compactMap { pid_t($0) } ?? []
+            let ns = Proc.nsPids(status: status)
             guard ns.count > level else { return nil }
             return TaskRow.ThreadRow(host_tid: tid, tid: ns[level], name: Proc.field("Name", in: status).map(String.init) ?? "?",
                                      state: Proc.field("State", in: status).map(String.init) ?? "?")

@@ -403,7 +403,7 @@ public enum Transfer {
                     // A receive that failed is not fed any more; the rest of
                     // the archive is still read, to name a damaged entry.
                     if receiveFailed == nil, let r = receive {
-                        do { try copy(reader, to: FileSink(fd: r.fd, name: "btrfs receive")) } catch { receiveFailed = error }
+                        do { try reader.copy(to: FileSink(fd: r.fd, name: "btrfs receive")) } catch { receiveFailed = error }
                     }
                     result.fs_bytes += h.size
                 } else if h.name == ArchiveHeader.fsTar, header.filesystem == ArchiveHeader.tar {
@@ -639,15 +639,6 @@ public enum Transfer {
     static func copyEntry(_ reader: ArchiveReader, to path: String, mode: mode_t) throws {
         let fd = try Sys.open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, mode: mode == 0 ? 0o600 : mode)
         defer { Sys.close(fd) }
-        try copy(reader, to: FileSink(fd: fd, name: path))
-    }
-
-    static func copy(_ source: ByteSource, to sink: ByteSink) throws {
-        var buf = [UInt8](repeating: 0, count: 1 << 20)
-        while true {
-            let n = try buf.withUnsafeMutableBytes { try source.read(into: $0) }
-            if n == 0 { return }
-            try buf.withUnsafeBytes { try sink.write(UnsafeRawBufferPointer(rebasing: $0[..<n])) }
-        }
+        try reader.copy(to: FileSink(fd: fd, name: path))
     }
 }

@@ -80,8 +80,12 @@ public enum Proc {
 
     /// The pids of `pid` in each nested pid namespace, outermost first (NSpid).
     public static func nsPids(_ pid: pid_t) -> [pid_t] {
-        guard let status = status(pid), let v = field("NSpid", in: status) else { return [] }
-        return v.split(whereSeparator: { $0 == " " || $0 == "\t" }).compactMap { pid_t($0) }
+        status(pid).map { nsPids(status: $0) } ?? []
+    }
+
+    /// The NSpid line of a status text (a process's or a thread's).
+    public static func nsPids(status: String) -> [pid_t] {
+        (field("NSpid", in: status) ?? "").split(whereSeparator: { $0 == " " || $0 == "\t" }).compactMap { pid_t($0) }
     }
 
     /// The offsets of `pid`'s time namespace against the host's clocks, in

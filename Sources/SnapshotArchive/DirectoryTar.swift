@@ -183,13 +183,7 @@ extension DirectoryTar {
             case .file:
                 let fd = try Sys.open(path, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, mode: 0o600)
                 defer { Sys.close(fd) }
-                let out = FileSink(fd: fd, name: path)
-                var buf = [UInt8](repeating: 0, count: 1 << 20)
-                while true {
-                    let n = try buf.withUnsafeMutableBytes { try reader.read(into: $0) }
-                    if n == 0 { break }
-                    try buf.withUnsafeBytes { try out.write(UnsafeRawBufferPointer(rebasing: $0[..<n])) }
-                }
+                try reader.copy(to: FileSink(fd: fd, name: path))
                 bytes += h.size
                 files.insert(rel)
             case .hardlink(let to):

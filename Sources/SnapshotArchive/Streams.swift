@@ -36,6 +36,16 @@ extension ByteSource {
         }
         return done
     }
+
+    /// Everything left in the source into `sink` (not finished), a MiB at a time.
+    public func copy(to sink: ByteSink) throws {
+        var buf = [UInt8](repeating: 0, count: 1 << 20)
+        while true {
+            let n = try buf.withUnsafeMutableBytes { try read(into: $0) }
+            if n == 0 { return }
+            try buf.withUnsafeBytes { try sink.write(UnsafeRawBufferPointer(rebasing: $0[..<n])) }
+        }
+    }
 }
 
 /// An archive whose bytes are not what they should be: what and where.

@@ -267,7 +267,7 @@ public final class TarWriter {
 /// `read(into:)` for its content (what is left unread is skipped).
 /// By default accepts regular files only: anything else is not one of
 /// crsnap's archives. With `tree`, every kind `DirectoryTar` writes.
-public final class TarReader {
+public final class TarReader: ByteSource {
     let source: ByteSource
     let tree: Bool
     var left: UInt64 = 0
